@@ -1,0 +1,22 @@
+"""tucker-attention: Tucker Attention (arXiv 2603.30033) — layers, tensor view, conversions, models, training.
+
+    import tucker_attention as ta
+    layer = ta.TuckerAttention(768, 12, ranks=(8, 128, 64))
+    y = layer(x, causal=True)
+"""
+
+from . import attention, counting
+from .attention import (
+                        GroupedQueryAttention,
+                        KVCache,
+                        MultiHeadAttention,
+                        MultiHeadLatentAttention,
+                        TuckerAttention,
+                        TuckerFactors,
+                        attend,
+)
+
+__version__ = "0.1.0"
+
+__all__ = ["GroupedQueryAttention", "KVCache", "MultiHeadAttention", "MultiHeadLatentAttention",
+           "TuckerAttention", "TuckerFactors", "attend", "attention", "counting", "__version__"]

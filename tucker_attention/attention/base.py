@@ -1,0 +1,148 @@
+"""The interface every attention layer shares, and the forward template they all run.
+
+A layer turns ``x`` (B, N, d) into
+
+1. queries ``q`` (B, H_q, N, D) and the per-token entries it caches (``_project``);
+2. keys ``k`` (B, H_kv, S, D) and values ``v`` (B, H_kv, S, D_v) from all cached entries (``_keys_values``);
+3. ``o = attend(q, k, v)`` with one of the kernels of ``backends.py``;
+4. the output (B, N, d) (``_output``).
+
+Subclasses implement those four steps, ``cache_spec`` and ``tucker_factors``; this class validates the
+call, resolves positions, and runs the cache.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ._checks import check_float, check_input, check_int, check_positions
+from .backends import BACKENDS, attend
+from .cache import KVCache
+from .factors import TuckerFactors
+from .rope import ROPE_STYLES, apply_rope, rope_angles
+
+DEFAULT_MAX_SEQ_LEN = 4096
+
+
+class AttentionLayer(nn.Module):
+    """Base class: shared validation, positions, RoPE helper, cache handling and kernel dispatch.
+
+    Keyword args (all layers): ``max_seq_len`` (positions must be below it), ``dropout`` (attention-
+    probability dropout in training), ``backend`` ("auto" | "flash" | "sdpa" | "math"), ``rope_base``,
+    ``rope_style`` ("interleaved" | "half").
+    """
+
+    def __init__(self, d_model: int, n_heads: int, *, max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
+                 dropout: float = 0.0, backend: str = "auto", rope_base: float = 10000.0,
+                 rope_style: str = "interleaved") -> None:
+        super().__init__()
+        self.d_model = check_int("d_model", d_model)
+        self.n_heads = check_int("n_heads", n_heads)
+        if d_model % n_heads != 0:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads} "
+                             "(the head size d_H = d_model / n_heads sets the score scale)")
+        self.head_dim = d_model // n_heads
+        self.max_seq_len = check_int("max_seq_len", max_seq_len)
+        self.dropout = check_float("dropout", dropout, low=0.0, high=1.0, high_open=True)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got backend={backend!r}")
+        self.backend = backend
+        self.rope_base = check_float("rope_base", rope_base, low=1.0, high=float("inf"))
+        if rope_style not in ROPE_STYLES:
+            raise ValueError(f"rope_style must be one of {ROPE_STYLES}, got rope_style={rope_style!r}")
+        self.rope_style = rope_style
+
+    # ----------------------------------------------------------------------------------- the contract
+    @property
+    def scale(self) -> float:
+        """The softmax score scale ``s`` (1/sqrt(d_H) unless a subclass says otherwise)."""
+        return 1.0 / math.sqrt(self.head_dim)
+
+    @property
+    def has_rope(self) -> bool:
+        raise NotImplementedError
+
+    def cache_spec(self) -> dict[str, tuple[int, int]]:
+        """What one token stores in the cache: ``{name: (heads, width)}``."""
+        raise NotImplementedError
+
+    def tucker_factors(self) -> tuple[TuckerFactors, TuckerFactors]:
+        """Exact Tucker factors (pre-softmax 𝒲, post-softmax 𝒲̃) of this layer (PAPER.md §4)."""
+        raise NotImplementedError
+
+    def make_cache(self, batch_size: int, max_len: int, *, dtype: torch.dtype | None = None) -> KVCache:
+        """A preallocated cache for ``batch_size`` sequences of up to ``max_len`` tokens.
+
+        ``dtype`` defaults to the weights' dtype (pass e.g. ``torch.bfloat16`` when decoding under autocast).
+        """
+        check_int("batch_size", batch_size)
+        check_int("max_len", max_len)
+        p = next(self.parameters())
+        return KVCache(self.cache_spec(), batch_size=batch_size, max_len=max_len, dtype=dtype or p.dtype,
+                       device=p.device)
+
+    def kv_cache_per_token(self) -> int:
+        """Elements cached per token (PAPER.md §5)."""
+        return sum(h * w for h, w in self.cache_spec().values())
+
+    # ------------------------------------------------------------------------------------ subclasses
+    def _project(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def _keys_values(self, entries: dict[str, torch.Tensor], positions: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _output(self, o: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------------------------------- helpers
+    def _rope(self, t: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Rotate the last dim of ``t`` (..., N, D) by RoPE at ``positions`` (N,)."""
+        cos, sin = rope_angles(positions, t.shape[-1], base=self.rope_base)
+        return apply_rope(t, cos, sin, style=self.rope_style)
+
+    # ---------------------------------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor, *, causal: bool = False, cache: KVCache | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention over ``x`` (B, N, d_model) -> (B, N, d_model).
+
+        Args:
+            causal: mask future tokens (bottom-right aligned when a cache holds earlier tokens).
+            cache: a ``KVCache`` from ``make_cache``; the new tokens are appended and attend to all held.
+            positions: (N,) absolute positions for RoPE; default ``start .. start+N-1`` where ``start`` is
+                one past the cache's last position (0 without a cache).
+        """
+        p = next(self.parameters())
+        check_input(x, self.d_model, param=p)
+        if not isinstance(causal, bool):
+            raise TypeError(f"causal must be a bool, got {causal!r}")
+        B, N, _ = x.shape
+        if cache is not None:
+            if not isinstance(cache, KVCache):
+                raise TypeError(f"cache must be a KVCache from layer.make_cache(), got {type(cache).__name__}")
+            if cache.spec != self.cache_spec():
+                raise ValueError(f"cache layout {cache.spec} does not match this layer's {self.cache_spec()}; "
+                                 "make it with this layer's make_cache()")
+            # under autocast the cache keeps its own dtype (entries are cast on append); otherwise it must match x
+            autocast = torch.is_autocast_enabled(x.device.type)
+            cache.check_append(B, N, cache.dtype if autocast else x.dtype, x.device)
+        start = cache.next_position() if cache is not None else 0
+        if positions is None:
+            positions = torch.arange(start, start + N, device=x.device)
+        check_positions(positions, N, self.max_seq_len)
+        positions = positions.to(x.device)
+
+        q, entries = self._project(x, positions)                       # q: (B, Hq, N, D)
+        if cache is not None:
+            entries = cache.append(positions, **{k: v.to(cache.dtype) for k, v in entries.items()})
+            key_positions = cache.held_positions()
+        else:
+            key_positions = positions
+        k, v = self._keys_values(entries, key_positions)               # (B, Hkv, S, D), (B, Hkv, S, Dv)
+        o = attend(q, k.to(q.dtype), v.to(q.dtype), scale=self.scale, causal=causal,
+                   dropout_p=self.dropout if self.training else 0.0, backend=self.backend)
+        return self._output(o)                                         # (B, N, d_model)

@@ -1,0 +1,135 @@
+"""Tucker Attention (PAPER.md §3): both attention tensors in Tucker form, computed as latent MQA.
+
+    𝒲 = 𝒞 ×₁ U₁ ×₂ U₂ ×₃ U₃          (modes head, query, key;   ranks r1, r2, r3)
+    𝒲̃ = 𝒞̃ ×₁ Ũ₁ ×₂ Ũ₂ ×₃ Ũ₃          (modes head, output, value; ranks r̃1, r̃2, r̃3)
+
+Forward, with ``G = 𝒞 ×₁ U₁`` (n_H, r2, r3) and ``G̃ = 𝒞̃ ×₁ Ũ₁`` (n_H, r̃2, r̃3), never forming d×d tensors:
+
+    P = X U₂ (N, r2);  Q_i = P G_i (N, r3);  K = X U₃ (N, r3);  V = X Ũ₃ (N, r̃3)   — one K, V for all heads
+    O_i = softmax(s Q_i Kᵀ) V;  out = Σ_i O_i G̃_iᵀ Ũ₂ᵀ
+
+which is multi-query attention with head size r3 (any MQA/GQA kernel runs it), s = 1/√d_H.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ._checks import check_even, check_ranks
+from .base import AttentionLayer
+from .factors import TuckerFactors
+
+
+class TuckerAttention(AttentionLayer):
+    """Tucker Attention layer.
+
+    Args:
+        d_model, n_heads: model width d and number of heads n_H (s = 1/sqrt(d/n_H)).
+        ranks: (r1, r2, r3) of the pre-softmax tensor: head rank r1 <= n_H, query rank r2 <= d, key rank r3 <= d.
+        post_ranks: (r̃1, r̃2, r̃3) of the post-softmax tensor (head, output, value); None: same as ``ranks``.
+        shared_kv: keys and values share one factor (U3 = Ũ3; needs r3 == r̃3): the cache holds r3 per token.
+        rope: latent RoPE in the r3-dimensional key space (r3 even).
+
+    Parameters (exactly): ``r1 r2 r3 + n_H r1 + d r2 + d r3`` + the same with tildes (``- d r3`` if shared).
+    KV cache per token: ``r3 + r̃3`` (``r3`` if shared).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, ranks: Sequence[int], post_ranks: Sequence[int] | None = None,
+                 *, shared_kv: bool = False, rope: bool = False, **kwargs) -> None:
+        super().__init__(d_model, n_heads, **kwargs)
+        limits, names = (n_heads, d_model, d_model), ("n_heads", "d_model", "d_model")
+        self.ranks = check_ranks("ranks", ranks, limits, names)
+        self.post_ranks = self.ranks if post_ranks is None else check_ranks("post_ranks", post_ranks, limits, names)
+        for arg, val in (("shared_kv", shared_kv), ("rope", rope)):
+            if not isinstance(val, bool):
+                raise TypeError(f"{arg} must be a bool, got {arg}={val!r}")
+        if shared_kv and self.ranks[2] != self.post_ranks[2]:
+            raise ValueError(f"shared_kv=True needs equal key and value ranks, got ranks[2]={self.ranks[2]} and "
+                             f"post_ranks[2]={self.post_ranks[2]}")
+        if rope:
+            check_even("ranks[2]", self.ranks[2], "for latent RoPE (rope=True rotates pairs of the r3 key dims)")
+        self.shared_kv = shared_kv
+        self.rope = rope
+        r1, r2, r3 = self.ranks
+        p1, p2, p3 = self.post_ranks
+        self.core = nn.Parameter(torch.empty(r1, r2, r3))
+        self.U1 = nn.Parameter(torch.empty(n_heads, r1))
+        self.U2 = nn.Parameter(torch.empty(d_model, r2))
+        self.U3 = nn.Parameter(torch.empty(d_model, r3))
+        self.post_core = nn.Parameter(torch.empty(p1, p2, p3))
+        self.post_U1 = nn.Parameter(torch.empty(n_heads, p1))
+        self.post_U2 = nn.Parameter(torch.empty(d_model, p2))
+        self._post_U3 = None if shared_kv else nn.Parameter(torch.empty(d_model, p3))
+        self.reset_parameters()
+
+    @property
+    def post_U3(self) -> torch.Tensor:
+        """Ũ3 (d, r̃3); the same tensor as U3 when ``shared_kv``."""
+        return self.U3 if self._post_U3 is None else self._post_U3
+
+    @property
+    def has_rope(self) -> bool:
+        return self.rope
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Gaussian init with MHA-like activation scales: x U2, x U3, x Ũ3 keep the variance of x; each head's
+        query Q_i = P G_i too; the output sums n_H heads like MHA's W^O."""
+        d, H = self.d_model, self.n_heads
+        r1, r2, r3 = self.ranks
+        p1, p2, p3 = self.post_ranks
+        nn.init.normal_(self.U1, std=1 / math.sqrt(r1))
+        nn.init.normal_(self.core, std=1 / math.sqrt(r2))
+        nn.init.normal_(self.U2, std=1 / math.sqrt(d))
+        nn.init.normal_(self.U3, std=1 / math.sqrt(d))
+        nn.init.normal_(self.post_U1, std=1 / math.sqrt(p1))
+        nn.init.normal_(self.post_core, std=1 / math.sqrt(p3 * H))
+        nn.init.normal_(self.post_U2, std=1 / math.sqrt(p2))
+        if self._post_U3 is not None:
+            nn.init.normal_(self._post_U3, std=1 / math.sqrt(d))
+
+    def cache_spec(self) -> dict[str, tuple[int, int]]:
+        if self.shared_kv:
+            return {"kv": (1, self.ranks[2])}
+        return {"k": (1, self.ranks[2]), "v": (1, self.post_ranks[2])}
+
+    def _project(self, x, positions):
+        G = torch.einsum("ha,abc->hbc", self.U1, self.core)           # (H, r2, r3)
+        P = x @ self.U2                                                # (B, N, r2)
+        q = torch.einsum("bnr,hrs->bhns", P, G)                        # (B, H, N, r3)
+        k = (x @ self.U3).unsqueeze(1)                                 # (B, 1, N, r3)
+        if self.rope:
+            q = self._rope(q, positions)
+        if self.shared_kv:                                             # one latent; rotated when read
+            return q, {"kv": k}
+        if self.rope:
+            k = self._rope(k, positions)                               # cache holds rotated keys
+        v = (x @ self.post_U3).unsqueeze(1)                            # (B, 1, N, r̃3)
+        return q, {"k": k, "v": v}
+
+    def _keys_values(self, entries, positions):
+        if self.shared_kv:
+            kv = entries["kv"]                                         # (B, 1, S, r3)
+            return (self._rope(kv, positions) if self.rope else kv), kv
+        return entries["k"], entries["v"]
+
+    def _output(self, o):
+        Gt = torch.einsum("ha,abc->hbc", self.post_U1, self.post_core)  # (H, r̃2, r̃3)
+        y = torch.einsum("bhnv,hov->bno", o, Gt)                       # (B, N, r̃2)
+        return y @ self.post_U2.T                                      # (B, N, d)
+
+    def tucker_factors(self) -> tuple[TuckerFactors, TuckerFactors]:
+        """Its own parameters: (𝒞, U1, U2, U3) and (𝒞̃, Ũ1, Ũ2, Ũ3)."""
+        if self.rope:
+            raise ValueError("a layer with RoPE has no position-independent attention tensors (rope=True); "
+                             "use a RoPE-free layer")
+        return (TuckerFactors(self.core, self.U1, self.U2, self.U3),
+                TuckerFactors(self.post_core, self.post_U1, self.post_U2, self.post_U3))
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, n_heads={self.n_heads}, ranks={self.ranks}, post_ranks={self.post_ranks}, "
+                f"shared_kv={self.shared_kv}, rope={self.rope}")
