@@ -7,8 +7,8 @@ argument names (``n_kv_heads``, ``q_latent``, ``kv_latent``, ``separate_kv``, ``
 
     mha     4 d²                                   cache 2 d
     gqa     2 d² + 2 n_kv d_H d                    cache 2 n_kv d_H       (mqa: n_kv = 1)
-    mla     d² + 2 d d_c^Q + 3 d d_c^K             cache d_c^K            (+ d d_c^K and + d_c^K if separate_kv;
-                                                                           + n_H d_R d_c^Q + d d_R and + d_R if decoupled RoPE)
+    mla     d² + 2 d d_c^Q + 3 d d_c^K             cache d_c^K
+            (separate_kv: + d d_c^K, cache + d_c^K; decoupled RoPE: + n_H d_R d_c^Q + d d_R, cache + d_R)
     tucker  r1 r2 r3 + n_H r1 + d r2 + d r3  + (same with tildes)  (- d r3 if shared_kv)
                                                    cache r3 + r̃3          (r3 if shared_kv)
 """
