@@ -27,6 +27,7 @@ __all__ = ["BACKENDS", "attend", "available_backends", "resolve_backend", "flash
 
 BACKENDS = ("auto", "flash", "sdpa", "math")
 FLASH_DTYPES = (torch.float16, torch.bfloat16)
+FLASH_DEVICE_TYPES = ("cuda",)
 FLASH_MAX_HEAD_DIM = 256
 
 log = logging.getLogger("tucker_attention")
@@ -48,7 +49,7 @@ def _flash_unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str
     """Why flash-attn cannot run these inputs, or None if it can."""
     if flash_attn_module() is None:
         return "flash_attn is not installed (pip install 'tucker-attention[flash]' on a CUDA machine)"
-    if q.device.type != "cuda":
+    if q.device.type not in FLASH_DEVICE_TYPES:
         return f"flash-attn needs CUDA tensors, got device {q.device}"
     if q.dtype not in FLASH_DTYPES:
         return f"flash-attn needs float16 or bfloat16, got {q.dtype}"
@@ -120,7 +121,7 @@ def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: 
     scores = scale * (qg @ k.unsqueeze(2).transpose(-1, -2))          # (B, Hk, G, N, S)
     if causal:
         scores = scores.masked_fill(~causal_mask(N, S, q.device), float("-inf"))
-    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(q.dtype)
     if dropout_p > 0.0:
         probs = F.dropout(probs, p=dropout_p)
     out = probs @ v.unsqueeze(2)                                      # (B, Hk, G, N, Dv)
