@@ -103,13 +103,20 @@ def kv_cache_per_token(method: str, d_model: int, n_heads: int, **sizes) -> int:
     return r3 if sizes.get("shared_kv", False) else r3 + p3
 
 
+LAYER_OPTIONS = ("backend", "dropout", "max_seq_len", "rope_base", "rope_style")
+
+
 def build_layer(method: str, d_model: int, n_heads: int, *, device: torch.device | str | None = None,
                 **sizes) -> torch.nn.Module:
     """The layer that ``attention_params(method, d_model, n_heads, **sizes)`` counts.
 
-    ``device="meta"`` builds it without allocating memory (for counting large models).
+    ``sizes`` may also carry the layers' options that do not change the counts (``LAYER_OPTIONS``:
+    backend, dropout, max_seq_len, rope_base, rope_style). ``device="meta"`` builds it without allocating
+    memory (for counting large models).
     """
+    options = {k: sizes.pop(k) for k in LAYER_OPTIONS if k in sizes}
     _check(method, d_model, n_heads, sizes)
+    sizes.update(options)
     with torch.device(device) if device is not None else _nullcontext():
         if method == "mha":
             return MultiHeadAttention(d_model, n_heads, **sizes)
