@@ -25,6 +25,9 @@ from tucker_attention.counting import build_layer
 
 PRESETS = {
     # d_model, n_heads, batch, seq_len, methods (label, method, sizes)
+    "tiny": (32, 4, 2, 16, [
+        ("MHA", "mha", {}), ("MQA", "mqa", {}), ("Tucker [2,8,8]", "tucker", {"ranks": (2, 8, 8)}),
+    ]),
     "cpu": (256, 4, 4, 256, [
         ("MHA", "mha", {}), ("GQA n_kv=2", "gqa", {"n_kv_heads": 2}), ("MQA", "mqa", {}),
         ("MLA d_c=64", "mla", {"q_latent": 64, "kv_latent": 64}),
