@@ -5,7 +5,7 @@
     y = layer(x, causal=True)
 """
 
-from . import attention, counting
+from . import analysis, attention, convert, counting, tensors
 from .attention import (
                         GroupedQueryAttention,
                         KVCache,
@@ -19,4 +19,5 @@ from .attention import (
 __version__ = "0.1.0"
 
 __all__ = ["GroupedQueryAttention", "KVCache", "MultiHeadAttention", "MultiHeadLatentAttention",
-           "TuckerAttention", "TuckerFactors", "attend", "attention", "counting", "__version__"]
+           "TuckerAttention", "TuckerFactors", "analysis", "attend", "attention", "convert", "counting", "tensors",
+           "__version__"]

@@ -73,6 +73,11 @@ class AttentionLayer(nn.Module):
         """Exact Tucker factors (pre-softmax 𝒲, post-softmax 𝒲̃) of this layer (PAPER.md §4)."""
         raise NotImplementedError
 
+    def tucker_biases(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Biases in the Tucker view: ``(q_bias (n_H, r3), out_bias (d,))``, with ``q_bias`` a per-head query
+        offset in the key space of ``tucker_factors()``'s U3 (see ``factors.fold_biases``); None without biases."""
+        return None
+
     def make_cache(self, batch_size: int, max_len: int, *, dtype: torch.dtype | None = None) -> KVCache:
         """A preallocated cache for ``batch_size`` sequences of up to ``max_len`` tokens.
 

@@ -53,3 +53,28 @@ class TuckerFactors:
     def map(self, fn) -> TuckerFactors:
         """Apply ``fn`` to every tensor (e.g. ``lambda t: t.detach().double()``)."""
         return TuckerFactors(fn(self.core), fn(self.U1), fn(self.U2), fn(self.U3))
+
+
+def fold_biases(pre: TuckerFactors, post: TuckerFactors, *, query_bias: torch.Tensor | None = None,
+                value_bias: torch.Tensor | None = None, out_bias: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Biases of a layer in the Tucker view: ``(q_bias (n_H, r3), out_bias (d,))``.
+
+    A layer whose query latent ``P = X U2`` carries a bias ``b_P`` (r2,), whose value latent ``V = X Ũ3``
+    a bias ``b_V`` (r̃3,) and whose output a bias ``b_o`` (d,) computes, per head i,
+
+        scores_i = s (P G_i + b_P G_i) Kᵀ                  -> a per-head query offset  q_bias_i = b_P G_i  (r3,)
+        out      = Σ_i softmax(·)(V + b_V) G̃_iᵀ Ũ2ᵀ + b_o  -> out_bias = Σ_i b_V G̃_iᵀ Ũ2ᵀ + b_o       (d,)
+
+    because softmax rows sum to 1 (``softmax(·)·1 b_V = 1 b_V``). A key bias ``b_K`` needs no term: it adds
+    ``s (P G_i + b_P G_i) b_Kᵀ`` to every score of a query row, a per-row constant the softmax cancels.
+    For MHA (U2 = W^Q, G_i = E_i E_iᵀ, U3 = W^K) this is the familiar
+    ``s (x W^Q_i + b^Q_i)(x_k W^K_i)ᵀ = s x W_i x_kᵀ + s (b^Q_i (W^K_i)ᵀ) x_kᵀ`` and ``b_out' = b_V W^O + b_o``.
+    """
+    G, Gt = pre.head_cores(), post.head_cores()                        # (H, r2, r3), (H, r̃2, r̃3)
+    n_heads, d = pre.U1.shape[0], post.U2.shape[0]
+    q_bias = G.new_zeros(n_heads, G.shape[2]) if query_bias is None else torch.einsum("r,hrs->hs", query_bias, G)
+    out = G.new_zeros(d) if out_bias is None else out_bias
+    if value_bias is not None:
+        out = out + torch.einsum("v,hov->o", value_bias, Gt) @ post.U2.T
+    return q_bias, out

@@ -11,7 +11,7 @@ from torch import nn
 
 from ._checks import check_divisible, check_int
 from .base import AttentionLayer
-from .factors import TuckerFactors
+from .factors import TuckerFactors, fold_biases
 
 
 def selection_core(n_heads: int, head_dim: int, n_kv_heads: int, *, dtype: torch.dtype,
@@ -29,14 +29,17 @@ def selection_core(n_heads: int, head_dim: int, n_kv_heads: int, *, dtype: torch
 
 
 class GroupedQueryAttention(AttentionLayer):
-    """GQA: ``n_heads`` query heads share ``n_kv_heads`` key/value heads (no biases).
+    """GQA: ``n_heads`` query heads share ``n_kv_heads`` key/value heads.
 
     Weights (nn.Linear, ``x @ weight.T``): ``q_proj`` = W^Q (d→d), ``k_proj`` = W^K (d→n_kv d_H),
     ``v_proj`` = W^V (d→n_kv d_H), ``o_proj`` = W^O (d→d). Parameters: ``2d² + 2 n_kv d_H d``.
     KV cache per token: ``2 n_kv d_H``. ``rope=True`` rotates each head's queries and keys (head-dim RoPE).
+    ``bias=True`` gives all four projections a bias (for peers' layers such as GPT-2, ViT and
+    ``nn.MultiheadAttention``; + ``2d + 2 n_kv d_H`` parameters); the default has none.
     """
 
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, *, rope: bool = False, **kwargs) -> None:
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, *, rope: bool = False, bias: bool = False,
+                 **kwargs) -> None:
         super().__init__(d_model, n_heads, **kwargs)
         self.n_kv_heads = check_int("n_kv_heads", n_kv_heads, high=n_heads)
         check_divisible("n_heads", n_heads, "n_kv_heads", n_kv_heads)
@@ -44,12 +47,15 @@ class GroupedQueryAttention(AttentionLayer):
             raise TypeError(f"rope must be a bool for {type(self).__name__}, got rope={rope!r}")
         if rope and self.head_dim % 2:
             raise ValueError(f"head size d_model/n_heads={self.head_dim} must be even for RoPE (rope=True)")
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias must be a bool, got bias={bias!r}")
         self.rope = rope
+        self.bias = bias
         kv_dim = n_kv_heads * self.head_dim
-        self.q_proj = nn.Linear(d_model, d_model, bias=False)
-        self.k_proj = nn.Linear(d_model, kv_dim, bias=False)
-        self.v_proj = nn.Linear(d_model, kv_dim, bias=False)
-        self.o_proj = nn.Linear(d_model, d_model, bias=False)
+        self.q_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.k_proj = nn.Linear(d_model, kv_dim, bias=bias)
+        self.v_proj = nn.Linear(d_model, kv_dim, bias=bias)
+        self.o_proj = nn.Linear(d_model, d_model, bias=bias)
 
     @property
     def has_rope(self) -> bool:
@@ -88,3 +94,12 @@ class GroupedQueryAttention(AttentionLayer):
         core = selection_core(self.n_heads, self.head_dim, self.n_kv_heads, dtype=Wq.dtype, device=Wq.device)
         eye = torch.eye(self.n_heads, dtype=Wq.dtype, device=Wq.device)
         return TuckerFactors(core, eye, Wq, Wk), TuckerFactors(core, eye, Wo.T, Wv)
+
+    def tucker_biases(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """With ``bias=True``: ``q_bias_i = b^Q G_i`` (b^Q_i placed in group g(i)'s block of the n_kv d_H key
+        space), ``out_bias = b^V-through-W^O + b^O``; the key bias cancels in the softmax (``fold_biases``)."""
+        if not self.bias:
+            return None
+        pre, post = self.tucker_factors()
+        return fold_biases(pre, post, query_bias=self.q_proj.bias, value_bias=self.v_proj.bias,
+                           out_bias=self.o_proj.bias)

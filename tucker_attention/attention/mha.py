@@ -11,13 +11,14 @@ from .gqa import GroupedQueryAttention
 
 
 class MultiHeadAttention(GroupedQueryAttention):
-    """Standard MHA without biases. Parameters ``4d²``; KV cache per token ``2d``.
+    """Standard MHA (no biases by default). Parameters ``4d²``; KV cache per token ``2d``.
 
     Weights: ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj`` (all d→d). ``rope=True``: head-dim RoPE.
+    ``bias=True``: biases on all four projections (+ ``4d`` parameters), as in GPT-2 / ViT.
     """
 
-    def __init__(self, d_model: int, n_heads: int, *, rope: bool = False, **kwargs) -> None:
-        super().__init__(d_model, n_heads, n_heads, rope=rope, **kwargs)
+    def __init__(self, d_model: int, n_heads: int, *, rope: bool = False, bias: bool = False, **kwargs) -> None:
+        super().__init__(d_model, n_heads, n_heads, rope=rope, bias=bias, **kwargs)
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, n_heads={self.n_heads}, rope={self.rope}"
+        return f"d_model={self.d_model}, n_heads={self.n_heads}, rope={self.rope}, bias={self.bias}"

@@ -18,6 +18,11 @@ RoPE (``rope=``):
 - ``"decoupled"``: DeepSeek-V2's extra ``rope_dim`` (d_R) dims per head: q^R_i = RoPE(c_q W^{QR}_i) and one
   shared key k^R = RoPE(X W^{KR}) concatenated to the no-rope parts; s = 1/sqrt(d_H + d_R); the cache holds
   the latent and k^R (d_c^K + d_R per token).
+
+Latent RMSNorm (``latent_norm=``, DeepSeek-V2's ``q_a_layernorm`` / ``kv_a_layernorm``): ``"kv"`` normalizes
+the key/value latent(s) right after the down-projection, ``"q_kv"`` the query latent too (None: no norm,
+the paper's MLA). ``RMSNorm(c) = c / sqrt(mean(c²) + eps) * w`` is nonlinear, so a layer with a latent norm
+has no attention tensors (``tucker_factors`` raises); the cache holds the normalized latent.
 """
 
 from __future__ import annotations
@@ -27,20 +32,24 @@ import math
 import torch
 from torch import nn
 
-from ._checks import check_even, check_int
+from ._checks import check_even, check_float, check_int
 from .base import AttentionLayer
 from .factors import TuckerFactors
 
 ROPE_MODES = (None, "latent", "decoupled")
+LATENT_NORMS = (None, "kv", "q_kv")
 
 
 class MultiHeadLatentAttention(AttentionLayer):
-    """MLA without biases or latent norms.
+    """MLA without biases (latent RMSNorms optional, off by default).
 
     Args:
         q_latent: d_c^Q, width of the query latent. kv_latent: d_c^K, width of the key/value latent.
         separate_kv: separate key and value latents (W^{DK}, W^{DV}), each ``kv_latent`` wide.
         rope: None | "latent" | "decoupled". rope_dim: d_R for "decoupled" (default d_H / 2, even).
+        latent_norm: None | "kv" | "q_kv": RMSNorm on the key/value latent(s) (``kv_norm``, ``v_norm`` if
+            separate), and with "q_kv" on the query latent (``q_norm``); each + its width in parameters.
+        norm_eps: the RMSNorms' epsilon.
 
     Weights: ``q_down`` W^{DQ} (d→d_c^Q), ``q_up`` W^{UQ} (d_c^Q→d), ``kv_down`` W^{DKV} (d→d_c^K),
     ``v_down`` W^{DV} (separate only), ``k_up`` W^{UK} (d_c^K→d), ``v_up`` W^{UV} (d_c^K→d), ``o_proj`` W^O;
@@ -49,7 +58,8 @@ class MultiHeadLatentAttention(AttentionLayer):
     """
 
     def __init__(self, d_model: int, n_heads: int, q_latent: int, kv_latent: int, *, separate_kv: bool = False,
-                 rope: str | None = None, rope_dim: int | None = None, **kwargs) -> None:
+                 rope: str | None = None, rope_dim: int | None = None, latent_norm: str | None = None,
+                 norm_eps: float = 1e-6, **kwargs) -> None:
         super().__init__(d_model, n_heads, **kwargs)
         self.q_latent = check_int("q_latent", q_latent)
         self.kv_latent = check_int("kv_latent", kv_latent)
@@ -57,8 +67,12 @@ class MultiHeadLatentAttention(AttentionLayer):
             raise TypeError(f"separate_kv must be a bool, got separate_kv={separate_kv!r}")
         if rope not in ROPE_MODES:
             raise ValueError(f"rope must be one of {ROPE_MODES} for MultiHeadLatentAttention, got rope={rope!r}")
+        if latent_norm not in LATENT_NORMS:
+            raise ValueError(f"latent_norm must be one of {LATENT_NORMS}, got latent_norm={latent_norm!r}")
+        check_float("norm_eps", norm_eps, low=0.0, high=float("inf"))
         self.separate_kv = separate_kv
         self.rope = rope
+        self.latent_norm = latent_norm
         if rope == "latent":
             check_even("kv_latent", kv_latent, "for latent RoPE (rope='latent' rotates pairs of latent dims)")
         if rope == "decoupled":
@@ -79,6 +93,10 @@ class MultiHeadLatentAttention(AttentionLayer):
         if rope == "decoupled":
             self.q_rope = nn.Linear(q_latent, n_heads * self.rope_dim, bias=False)
             self.k_rope = nn.Linear(d, self.rope_dim, bias=False)
+        if latent_norm is not None:
+            self.kv_norm = nn.RMSNorm(kv_latent, eps=norm_eps)
+            self.v_norm = nn.RMSNorm(kv_latent, eps=norm_eps) if separate_kv else None
+            self.q_norm = nn.RMSNorm(q_latent, eps=norm_eps) if latent_norm == "q_kv" else None
 
     @property
     def has_rope(self) -> bool:
@@ -104,15 +122,20 @@ class MultiHeadLatentAttention(AttentionLayer):
     def _project(self, x, positions):
         B, N, _ = x.shape
         c_q = self.q_down(x)                                            # (B, N, dcQ)
+        if self.latent_norm == "q_kv":
+            c_q = self.q_norm(c_q)
         q = self.q_up(c_q).view(B, N, self.n_heads, self.head_dim).transpose(1, 2)   # (B, H, N, d_H)
         q_lat = q @ self._up(self.k_up).transpose(1, 2)                 # (B, H, N, dcK): q_i (W^UK_i)^T
         c_k = self.kv_down(x).unsqueeze(1)                              # (B, 1, N, dcK)
+        if self.latent_norm is not None:
+            c_k = self.kv_norm(c_k)
         if self.rope == "latent":
             q_lat = self._rope(q_lat, positions)
         if self.separate_kv:
             if self.rope == "latent":
                 c_k = self._rope(c_k, positions)                        # cache holds the rotated key latent
-            entries = {"k": c_k, "v": self.v_down(x).unsqueeze(1)}
+            c_v = self.v_down(x).unsqueeze(1)                           # (B, 1, N, dcK)
+            entries = {"k": c_k, "v": self.v_norm(c_v) if self.latent_norm is not None else c_v}
         else:
             entries = {"kv": c_k}                                       # one latent; rotated when read
         if self.rope == "decoupled":
@@ -142,6 +165,9 @@ class MultiHeadLatentAttention(AttentionLayer):
         if self.rope is not None:
             raise ValueError(f"a layer with RoPE has no position-independent attention tensors (rope={self.rope!r}); "
                              "use a RoPE-free layer")
+        if self.latent_norm is not None:
+            raise ValueError(f"a layer with a latent RMSNorm (latent_norm={self.latent_norm!r}) is not multilinear "
+                             "in x and has no attention tensors; use latent_norm=None")
         W = self.q_down.weight
         eye_h = torch.eye(self.n_heads, dtype=W.dtype, device=W.device)
         G = self._up(self.q_up) @ self._up(self.k_up).transpose(1, 2)   # (H, dcQ, dcK)
@@ -155,4 +181,4 @@ class MultiHeadLatentAttention(AttentionLayer):
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, n_heads={self.n_heads}, q_latent={self.q_latent}, "
                 f"kv_latent={self.kv_latent}, separate_kv={self.separate_kv}, rope={self.rope!r}, "
-                f"rope_dim={self.rope_dim}")
+                f"rope_dim={self.rope_dim}, latent_norm={self.latent_norm!r}")

@@ -33,18 +33,22 @@ class TuckerAttention(AttentionLayer):
         post_ranks: (r̃1, r̃2, r̃3) of the post-softmax tensor (head, output, value); None: same as ``ranks``.
         shared_kv: keys and values share one factor (U3 = Ũ3; needs r3 == r̃3): the cache holds r3 per token.
         rope: latent RoPE in the r3-dimensional key space (r3 even).
+        bias: a per-head query offset ``q_bias`` (n_H, r3) in the latent key space, added to Q_i before RoPE,
+            and an output bias ``out_bias`` (d,) — what biased MHA layers (GPT-2, ViT) become exactly
+            (``factors.fold_biases``: key biases cancel in the softmax, value biases fold into ``out_bias``).
+            Zero-initialized; + ``n_H r3 + d`` parameters. Default: no biases.
 
     Parameters (exactly): ``r1 r2 r3 + n_H r1 + d r2 + d r3`` + the same with tildes (``- d r3`` if shared).
     KV cache per token: ``r3 + r̃3`` (``r3`` if shared).
     """
 
     def __init__(self, d_model: int, n_heads: int, ranks: Sequence[int], post_ranks: Sequence[int] | None = None,
-                 *, shared_kv: bool = False, rope: bool = False, **kwargs) -> None:
+                 *, shared_kv: bool = False, rope: bool = False, bias: bool = False, **kwargs) -> None:
         super().__init__(d_model, n_heads, **kwargs)
         limits, names = (n_heads, d_model, d_model), ("n_heads", "d_model", "d_model")
         self.ranks = check_ranks("ranks", ranks, limits, names)
         self.post_ranks = self.ranks if post_ranks is None else check_ranks("post_ranks", post_ranks, limits, names)
-        for arg, val in (("shared_kv", shared_kv), ("rope", rope)):
+        for arg, val in (("shared_kv", shared_kv), ("rope", rope), ("bias", bias)):
             if not isinstance(val, bool):
                 raise TypeError(f"{arg} must be a bool, got {arg}={val!r}")
         if shared_kv and self.ranks[2] != self.post_ranks[2]:
@@ -64,6 +68,9 @@ class TuckerAttention(AttentionLayer):
         self.post_U1 = nn.Parameter(torch.empty(n_heads, p1))
         self.post_U2 = nn.Parameter(torch.empty(d_model, p2))
         self._post_U3 = None if shared_kv else nn.Parameter(torch.empty(d_model, p3))
+        self.bias = bias
+        self.q_bias = nn.Parameter(torch.empty(n_heads, r3)) if bias else None
+        self.out_bias = nn.Parameter(torch.empty(d_model)) if bias else None
         self.reset_parameters()
 
     @property
@@ -91,6 +98,9 @@ class TuckerAttention(AttentionLayer):
         nn.init.normal_(self.post_U2, std=1 / math.sqrt(p2))
         if self._post_U3 is not None:
             nn.init.normal_(self._post_U3, std=1 / math.sqrt(d))
+        if self.bias:
+            nn.init.zeros_(self.q_bias)
+            nn.init.zeros_(self.out_bias)
 
     def cache_spec(self) -> dict[str, tuple[int, int]]:
         if self.shared_kv:
@@ -101,6 +111,8 @@ class TuckerAttention(AttentionLayer):
         G = torch.einsum("ha,abc->hbc", self.U1, self.core)           # (H, r2, r3)
         P = x @ self.U2                                                # (B, N, r2)
         q = torch.einsum("bnr,hrs->bhns", P, G)                        # (B, H, N, r3)
+        if self.bias:
+            q = q + self.q_bias.unsqueeze(1)                           # (H, 1, r3): per-head query offset
         k = (x @ self.U3).unsqueeze(1)                                 # (B, 1, N, r3)
         if self.rope:
             q = self._rope(q, positions)
@@ -120,7 +132,8 @@ class TuckerAttention(AttentionLayer):
     def _output(self, o):
         Gt = torch.einsum("ha,abc->hbc", self.post_U1, self.post_core)  # (H, r̃2, r̃3)
         y = torch.einsum("bhnv,hov->bno", o, Gt)                       # (B, N, r̃2)
-        return y @ self.post_U2.T                                      # (B, N, d)
+        y = y @ self.post_U2.T                                         # (B, N, d)
+        return y + self.out_bias if self.bias else y
 
     def tucker_factors(self) -> tuple[TuckerFactors, TuckerFactors]:
         """Its own parameters: (𝒞, U1, U2, U3) and (𝒞̃, Ũ1, Ũ2, Ũ3)."""
@@ -130,6 +143,10 @@ class TuckerAttention(AttentionLayer):
         return (TuckerFactors(self.core, self.U1, self.U2, self.U3),
                 TuckerFactors(self.post_core, self.post_U1, self.post_U2, self.post_U3))
 
+    def tucker_biases(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(q_bias (n_H, r3), out_bias (d,))`` with ``bias=True``, else None."""
+        return (self.q_bias, self.out_bias) if self.bias else None
+
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, n_heads={self.n_heads}, ranks={self.ranks}, post_ranks={self.post_ranks}, "
-                f"shared_kv={self.shared_kv}, rope={self.rope}")
+                f"shared_kv={self.shared_kv}, rope={self.rope}, bias={self.bias}")

@@ -1,0 +1,483 @@
+"""Conversions: exact MHA/GQA/MQA/MLA → Tucker (PAPER.md §4), HOSVD/HOOI compression, query folding
+(PAPER.md §6) and peers' attention modules in (PyTorch, Hugging Face GPT-2 / ViT / DeepSeek-V2).
+
+- ``to_tucker(layer)``: the exact Tucker layer of Theorems B.2–B.4, built from ``layer.tucker_factors()``
+  (each layer class holds its own theorem), so its output equals the original's to round-off.
+- ``compress(layer, ranks, post_ranks)``: truncated HOSVD (or HOOI) of the layer's dense tensors 𝒲, 𝒲̃ with
+  tensorly — the paper's initialization of Tucker layers from pretrained attention (PAPER.md §7).
+- ``fold_queries`` / ``folded_scores`` / ``layer_scores`` / ``head_rope_scores``: the folded query matrices
+  ``F_i = W^{DQ} W^{UQ}_i (W^{UK}_i)ᵀ`` of MLA (``U2 G_i`` of Tucker) and the scores they give with latent
+  RoPE (exact) or against head-dim RoPE (the control that fails).
+- ``from_peer(module)``: our layer with the same output as ``torch.nn.MultiheadAttention``, 🤗 ``GPT2Attention``,
+  ``ViTAttention`` or ``DeepseekV2Attention``.
+
+Biases convert exactly (``attention.factors.fold_biases``): a key bias adds a per-query-row constant to the
+scores, which the softmax cancels; value and output biases fold into one output bias (softmax rows sum to 1,
+``b_out' = b_V W^O + b_O``); a query bias is a per-head query offset in the latent key space after U3,
+
+    s (x W^Q_i + b^Q_i)(W^K_i)ᵀ x_kᵀ = s x W_i x_kᵀ + s (b^Q_i (W^K_i)ᵀ) x_kᵀ = s (x U2 G_i + c_i) (x_k U3)ᵀ,
+
+with ``c_i = b^Q G_i`` (r3,) — ``TuckerAttention(bias=True)``'s ``q_bias`` — and ``out_bias`` (d,).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import tensorly as tl
+import torch
+from tensorly.decomposition import partial_tucker, tucker
+from torch import nn
+
+from .attention import (
+    AttentionLayer,
+    MultiHeadAttention,
+    MultiHeadLatentAttention,
+    TuckerAttention,
+)
+from .attention._checks import check_input, check_int, check_positions, check_ranks
+from .attention.rope import apply_rope, rope_angles
+from .tensors import _check_layer, attention_biases, attention_tensors, mode_product, unfold
+
+__all__ = ["to_tucker", "compress", "COMPRESS_METHODS", "fold_queries", "folded_scores", "layer_scores",
+           "head_rope_scores", "from_peer", "peer_kind", "PEERS"]
+
+COMPRESS_METHODS = ("hosvd", "hooi")
+PEERS = ("torch.nn.MultiheadAttention", "transformers GPT2Attention", "transformers ViTAttention",
+         "transformers ViTSelfAttention (transformers 4.x)", "transformers DeepseekV2Attention")
+
+
+# ------------------------------------------------------------------------------------- helpers
+def _param(module: nn.Module) -> torch.Tensor:
+    p = next(module.parameters(), None)
+    if p is None:
+        raise ValueError(f"{type(module).__name__} has no parameters to convert")
+    return p
+
+
+def _new_tucker(layer: AttentionLayer, ranks: Sequence[int], post_ranks: Sequence[int], *, shared_kv: bool,
+                bias: bool) -> TuckerAttention:
+    """An empty TuckerAttention with ``layer``'s sizes, settings, dtype, device and train/eval mode."""
+    p = _param(layer)
+    new = TuckerAttention(layer.d_model, layer.n_heads, tuple(ranks), tuple(post_ranks), shared_kv=shared_kv,
+                          bias=bias, max_seq_len=layer.max_seq_len, dropout=layer.dropout, backend=layer.backend,
+                          rope_base=layer.rope_base, rope_style=layer.rope_style)
+    return new.to(device=p.device, dtype=p.dtype).train(layer.training)
+
+
+@torch.no_grad()
+def _fill_tucker(new: TuckerAttention, pre: Sequence[torch.Tensor], post: Sequence[torch.Tensor], *,
+                 alpha: float, q_bias: torch.Tensor | None, out_bias: torch.Tensor | None) -> TuckerAttention:
+    """Copy (core, U1, U2, U3) and (post_core, post_U1, post_U2, post_U3) into ``new``; ``alpha`` rescales the
+    pre-softmax core and the query bias so that ``new.scale * alpha`` is the source layer's score scale."""
+    core, U1, U2, U3 = pre
+    pcore, pU1, pU2, pU3 = post
+    new.core.copy_(core * alpha)
+    new.U1.copy_(U1)
+    new.U2.copy_(U2)
+    new.U3.copy_(U3)
+    new.post_core.copy_(pcore)
+    new.post_U1.copy_(pU1)
+    new.post_U2.copy_(pU2)
+    if not new.shared_kv:
+        new.post_U3.copy_(pU3)
+    if new.bias:
+        new.q_bias.copy_(q_bias * alpha)
+        new.out_bias.copy_(out_bias)
+    return new
+
+
+# ---------------------------------------------------------------------------- exact conversions
+def to_tucker(layer: AttentionLayer) -> TuckerAttention:
+    """The exact Tucker layer of a RoPE-free MHA, GQA/MQA or MLA layer (PAPER.md §4, Theorems B.2–B.4).
+
+    Uses the layer's own factors, so the result has the theorem's ranks: MHA ``(n_H, d, d)`` twice;
+    GQA ``(n_H, d, n_kv d_H)`` twice (MQA: n_kv = 1); MLA ``ranks=(n_H, d_c^Q, d_c^K)``,
+    ``post_ranks=(n_H, d, d_c^K)`` and ``shared_kv=True`` when K and V share the latent (then its cache is MLA's
+    ``d_c^K`` per token). Biases become ``q_bias``/``out_bias`` (module docstring); a score scale different
+    from ``1/sqrt(d_H)`` is folded into the core. A ``TuckerAttention`` maps to a copy of itself.
+    Dtype, device, dropout, backend, max_seq_len and train/eval mode are copied.
+
+    Raises ``ValueError`` for RoPE layers and latent RMSNorms (no attention tensors), and when a factor is
+    wider than d_model (MLA with ``q_latent`` or ``kv_latent`` > d_model; ``compress`` at the multilinear
+    rank then gives an exact Tucker layer with other factors).
+    """
+    layer = _check_layer(layer)
+    if isinstance(layer, TuckerAttention):
+        return copy.deepcopy(layer)
+    pre, post = layer.tucker_factors()
+    d, H = layer.d_model, layer.n_heads
+    for name, f in (("pre-softmax", pre), ("post-softmax", post)):
+        r1, r2, r3 = f.ranks
+        if r1 > H or r2 > d or r3 > d:
+            raise ValueError(f"{type(layer).__name__}'s {name} Tucker ranks {f.ranks} exceed what TuckerAttention "
+                             f"allows, (n_heads={H}, d_model={d}, d_model={d}) — e.g. an MLA latent wider than "
+                             f"d_model ({layer.extra_repr()}); use compress(layer, ranks=multilinear_rank(...)) "
+                             "for an exact Tucker layer with orthonormal factors")
+    shared = pre.U3.shape == post.U3.shape and bool(torch.equal(pre.U3, post.U3))
+    biases = layer.tucker_biases()
+    new = _new_tucker(layer, pre.ranks, post.ranks, shared_kv=shared, bias=biases is not None)
+    q_bias, out_bias = biases if biases is not None else (None, None)
+    return _fill_tucker(new, (pre.core, pre.U1, pre.U2, pre.U3), (post.core, post.U1, post.U2, post.U3),
+                        alpha=layer.scale / new.scale, q_bias=q_bias, out_bias=out_bias)
+
+
+# ---------------------------------------------------------------------------------- compression
+def _decompose(T: torch.Tensor, ranks: Sequence[int], method: str, n_iter_max: int, tol: float
+               ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Truncated HOSVD (tensorly's Tucker with SVD init and no iterations) or HOOI of T."""
+    iters = 0 if method == "hosvd" else n_iter_max
+    core, factors = tucker(T, rank=list(ranks), init="svd", n_iter_max=iters, tol=tol)
+    return core, list(factors)
+
+
+def _decompose_fixed_mode3(T: torch.Tensor, U3: torch.Tensor, ranks: Sequence[int], method: str,
+                           n_iter_max: int, tol: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """HOSVD/HOOI of T over modes 1, 2 with the (orthonormal) mode-3 factor U3 fixed."""
+    Tp = mode_product(T, U3.T, 3)                                      # (n_H, d, r3)
+    iters = 0 if method == "hosvd" else n_iter_max
+    (core, (U1, U2)), _ = partial_tucker(Tp, rank=list(ranks[:2]), modes=[0, 1], init="svd", n_iter_max=iters,
+                                         tol=tol)
+    return core, [U1, U2, U3]
+
+
+@torch.no_grad()
+def compress(layer: AttentionLayer, ranks: Sequence[int], post_ranks: Sequence[int] | None = None, *,
+             method: str = "hosvd", n_iter_max: int = 100, tol: float = 1e-8, shared_kv: bool = False
+             ) -> TuckerAttention:
+    """A ``TuckerAttention`` with exactly ``ranks`` / ``post_ranks`` approximating ``layer``'s tensors.
+
+    Args:
+        layer: any RoPE-free layer of the family (a converted peer too).
+        ranks: (r1, r2, r3) for 𝒲 (head, query, key), ``1 <= r <= (n_heads, d_model, d_model)``.
+        post_ranks: (r̃1, r̃2, r̃3) for 𝒲̃ (head, output, value); None: the same as ``ranks``.
+        method: "hosvd" — truncated HOSVD (``tensorly.decomposition.tucker(init="svd", n_iter_max=0)``: the
+            leading left singular vectors of each unfolding, core ``𝒲 ×₁ U1ᵀ ×₂ U2ᵀ ×₃ U3ᵀ``); "hooi" — higher-order
+            orthogonal iteration started from it (``n_iter_max`` sweeps, stop when the error changes < ``tol``).
+        shared_kv: one key/value factor U3 = Ũ3 (needs ranks[2] == post_ranks[2]), the leading left singular
+            vectors of the stacked mode-3 unfoldings ``[𝒲_(3), 𝒲̃_(3)]``; modes 1, 2 as ``method`` with it fixed.
+
+    Full multilinear ranks reproduce the layer to round-off. Biases: the dense query bias ``β_i`` (n_H, d)
+    is projected onto the new key factor (``q_bias = β U3``, least squares since U3 is orthonormal), the output
+    bias is kept. Runs under ``torch.no_grad()`` with tensorly's pytorch backend, in the layer's dtype.
+    """
+    layer = _check_layer(layer)
+    d, H = layer.d_model, layer.n_heads
+    limits, names = (H, d, d), ("n_heads", "d_model", "d_model")
+    ranks = check_ranks("ranks", ranks, limits, names)
+    post_ranks = ranks if post_ranks is None else check_ranks("post_ranks", post_ranks, limits, names)
+    if method not in COMPRESS_METHODS:
+        raise ValueError(f"method must be one of {COMPRESS_METHODS}, got method={method!r}")
+    check_int("n_iter_max", n_iter_max)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or tol < 0:
+        raise ValueError(f"tol must be a float >= 0, got tol={tol!r}")
+    if not isinstance(shared_kv, bool):
+        raise TypeError(f"shared_kv must be a bool, got shared_kv={shared_kv!r}")
+    if shared_kv and ranks[2] != post_ranks[2]:
+        raise ValueError(f"shared_kv=True needs equal key and value ranks, got ranks[2]={ranks[2]} and "
+                         f"post_ranks[2]={post_ranks[2]}")
+    W, Wt, scale = attention_tensors(layer)
+    W, Wt = W.detach(), Wt.detach()
+    biases = attention_biases(layer)
+    with tl.backend_context("pytorch"):
+        if shared_kv:
+            stacked = torch.cat((unfold(W, 3), unfold(Wt, 3)), dim=1)  # (d, 2 n_H d)
+            U3 = torch.linalg.svd(stacked, full_matrices=False).U[:, : ranks[2]]
+            core, f = _decompose_fixed_mode3(W, U3, ranks, method, n_iter_max, tol)
+            pcore, pf = _decompose_fixed_mode3(Wt, U3, post_ranks, method, n_iter_max, tol)
+        else:
+            core, f = _decompose(W, ranks, method, n_iter_max, tol)
+            pcore, pf = _decompose(Wt, post_ranks, method, n_iter_max, tol)
+    new = _new_tucker(layer, ranks, post_ranks, shared_kv=shared_kv, bias=biases is not None)
+    q_bias, out_bias = (biases[0] @ f[2], biases[1]) if biases is not None else (None, None)
+    return _fill_tucker(new, (core, *f), (pcore, *pf), alpha=scale / new.scale, q_bias=q_bias, out_bias=out_bias)
+
+
+# ------------------------------------------------------------------- query folding (PAPER.md §6)
+def fold_queries(layer: AttentionLayer) -> torch.Tensor:
+    """The folded query matrices ``F`` (n_H, d, r3): head i's latent query is ``x F_i``, its keys the cached
+    latents (PAPER.md §6).
+
+    MLA: ``F_i = W^{DQ} W^{UQ}_i (W^{UK}_i)ᵀ`` (d, d_c^K) for any ``rope`` (with "decoupled" this is the no-RoPE
+    part; the decoupled dims stay separate). Tucker: ``F_i = U2 G_i`` (d, r3). Other RoPE-free layers:
+    ``U2 G_i`` from their Tucker factors. An MLA query-latent RMSNorm sits between W^{DQ} and W^{UQ}: no fold.
+    """
+    layer = _check_layer(layer)
+    if isinstance(layer, MultiHeadLatentAttention):
+        if layer.latent_norm == "q_kv":
+            raise ValueError("fold_queries: the query-latent RMSNorm (latent_norm='q_kv') sits between W^DQ and "
+                             "W^UQ and does not fold; use latent_norm=None or 'kv'")
+        WUQ, WUK = layer._up(layer.q_up), layer._up(layer.k_up)       # (H, dcQ, d_H), (H, dcK, d_H)
+        return layer.q_down.weight.T @ (WUQ @ WUK.transpose(1, 2))      # (d, dcQ) @ (H, dcQ, dcK) -> (H, d, dcK)
+    if isinstance(layer, TuckerAttention):
+        return layer.U2 @ torch.einsum("ha,abc->hbc", layer.U1, layer.core)   # (H, d, r3)
+    pre, _ = layer.tucker_factors()
+    return pre.U2 @ pre.head_cores()                                   # (H, d, r3)
+
+
+def _positions(layer: AttentionLayer, x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+    check_input(x, layer.d_model, param=_param(layer))
+    if positions is None:
+        positions = torch.arange(x.shape[1], device=x.device)
+    return check_positions(positions, x.shape[1], layer.max_seq_len).to(x.device)
+
+
+def folded_scores(layer: AttentionLayer, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Scaled pre-softmax scores (B, n_H, N, N) from the folded queries and the latent keys a cache holds:
+
+        score_i(m, n) = s · (x_m F_i R(m)) (c_n R(n))ᵀ,      c_n = x_n W^{DKV} (MLA) or x_n U3 (Tucker)
+
+    with ``R`` the layer's latent RoPE (identity without RoPE), plus DeepSeek's decoupled RoPE term for
+    ``rope="decoupled"``, plus a Tucker/biased layer's query offset. With latent RoPE this equals
+    ``layer_scores`` to round-off (PAPER.md §6); it cannot equal ``head_rope_scores`` (the control).
+    """
+    layer = _check_layer(layer)
+    positions = _positions(layer, x, positions)
+    q = torch.einsum("bnd,hdr->bhnr", x, fold_queries(layer))          # (B, H, N, r3)
+    rope = False
+    extra = None
+    if isinstance(layer, MultiHeadLatentAttention):
+        k = layer.kv_down(x).unsqueeze(1)                              # (B, 1, N, dcK): the cached latent
+        if layer.latent_norm is not None:
+            k = layer.kv_norm(k)
+        rope = layer.rope == "latent"
+        if layer.rope == "decoupled":
+            B, N, _ = x.shape
+            q_r = layer.q_rope(layer.q_down(x)).view(B, N, layer.n_heads, layer.rope_dim).transpose(1, 2)
+            k_r = layer.k_rope(x).unsqueeze(1)                         # (B, 1, N, dR)
+            extra = layer._rope(q_r, positions) @ layer._rope(k_r, positions).transpose(-1, -2)
+    elif isinstance(layer, TuckerAttention):
+        k = (x @ layer.U3).unsqueeze(1)                                # (B, 1, N, r3)
+        if layer.bias:
+            q = q + layer.q_bias.unsqueeze(1)
+        rope = layer.rope
+    else:
+        pre, _ = layer.tucker_factors()
+        k = (x @ pre.U3).unsqueeze(1)
+        biases = layer.tucker_biases()
+        if biases is not None:
+            q = q + biases[0].unsqueeze(1)
+    if rope:
+        q, k = layer._rope(q, positions), layer._rope(k, positions)
+    scores = q @ k.transpose(-1, -2)                                   # (B, H, N, N)
+    if extra is not None:
+        scores = scores + extra
+    return layer.scale * scores
+
+
+def layer_scores(layer: AttentionLayer, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """The layer's own scaled pre-softmax scores (B, n_H, N, N), from the same projections its forward uses
+    (``_project`` / ``_keys_values``; no mask). With a key bias they differ from ``folded_scores`` by a
+    per-row constant, which the softmax cancels."""
+    layer = _check_layer(layer)
+    positions = _positions(layer, x, positions)
+    q, entries = layer._project(x, positions)                          # (B, Hq, N, D)
+    k, _ = layer._keys_values(entries, positions)                      # (B, Hkv, N, D)
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)           # head h uses kv group h // (Hq / Hkv)
+    return layer.scale * (q @ k.transpose(-1, -2))
+
+
+def head_rope_scores(layer: MultiHeadLatentAttention, x: torch.Tensor,
+                     positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Scores (B, n_H, N, N) of an MLA with **head-dim RoPE** on ``layer``'s weights (the control of §6):
+
+        q_i = c_q W^{UQ}_i R_{d_H}(m),   k_i = c_kv W^{UK}_i R_{d_H}(n),   score_i = s q_i k_iᵀ
+
+    The rotation sits between W^{UQ}_i and (W^{UK}_i)ᵀ, so no position-independent ``F_i`` reproduces it:
+    ``folded_scores`` differs (what DeepSeek-V2's decoupled RoPE works around). Uses the no-RoPE weights
+    (``rope`` None or "latent"; the layer's own latent rotation is not applied).
+    """
+    layer = _check_layer(layer)
+    if not isinstance(layer, MultiHeadLatentAttention) or layer.rope == "decoupled":
+        raise TypeError("head_rope_scores needs a MultiHeadLatentAttention with rope None or 'latent', got "
+                        f"{type(layer).__name__}" + (f"(rope={layer.rope!r})" if hasattr(layer, "rope") else ""))
+    positions = _positions(layer, x, positions)
+    B, N, _ = x.shape
+    c_q = layer.q_down(x)
+    if layer.latent_norm == "q_kv":
+        c_q = layer.q_norm(c_q)
+    c_kv = layer.kv_down(x)
+    if layer.latent_norm is not None:
+        c_kv = layer.kv_norm(c_kv)
+    q = layer.q_up(c_q).view(B, N, layer.n_heads, layer.head_dim).transpose(1, 2)   # (B, H, N, d_H)
+    k = layer.k_up(c_kv).view(B, N, layer.n_heads, layer.head_dim).transpose(1, 2)  # (B, H, N, d_H)
+    cos, sin = rope_angles(positions, layer.head_dim, base=layer.rope_base)
+    q, k = apply_rope(q, cos, sin, style=layer.rope_style), apply_rope(k, cos, sin, style=layer.rope_style)
+    return layer.scale * (q @ k.transpose(-1, -2))
+
+
+# ------------------------------------------------------------------------------------ peers in
+@torch.no_grad()
+def _mha_from_linears(d: int, n_heads: int, q: tuple, k: tuple, v: tuple, o: tuple, *, scale: float,
+                      dropout: float, like: torch.Tensor, **kwargs) -> MultiHeadAttention:
+    """Our MHA from (weight (out, in), bias or None) pairs of q, k, v, o (``o`` weight None: identity).
+
+    A score scale other than 1/sqrt(d_H) is folded into W^Q and b^Q; missing biases are zeros.
+    """
+    has_bias = any(b is not None for _, b in (q, k, v, o))
+    layer = MultiHeadAttention(d, n_heads, bias=has_bias, dropout=dropout, **kwargs)
+    layer = layer.to(device=like.device, dtype=like.dtype)
+    alpha = scale / layer.scale
+    eye = torch.eye(d, dtype=like.dtype, device=like.device)
+    for lin, (w, b), a in ((layer.q_proj, q, alpha), (layer.k_proj, k, 1.0), (layer.v_proj, v, 1.0),
+                           (layer.o_proj, o, 1.0)):
+        lin.weight.copy_((eye if w is None else w) * a)
+        if has_bias:
+            lin.bias.copy_(torch.zeros_like(lin.bias) if b is None else b * a)
+    return layer
+
+
+def _from_torch_mha(m: nn.MultiheadAttention) -> MultiHeadAttention:
+    if not m._qkv_same_embed_dim:
+        raise ValueError(f"from_peer: nn.MultiheadAttention with kdim={m.kdim} / vdim={m.vdim} different from "
+                         f"embed_dim={m.embed_dim} (cross-attention) is not supported")
+    if m.bias_k is not None or m.bias_v is not None:
+        raise ValueError("from_peer: nn.MultiheadAttention with add_bias_kv=True (an extra learned key/value "
+                         "token) is not supported")
+    if m.add_zero_attn:
+        raise ValueError("from_peer: nn.MultiheadAttention with add_zero_attn=True is not supported")
+    d = m.embed_dim
+    W, b = m.in_proj_weight, m.in_proj_bias                            # (3d, d), (3d,) or None
+    parts = [(W[i * d:(i + 1) * d], None if b is None else b[i * d:(i + 1) * d]) for i in range(3)]
+    return _mha_from_linears(d, m.num_heads, *parts, (m.out_proj.weight, m.out_proj.bias),
+                             scale=(d // m.num_heads) ** -0.5, dropout=float(m.dropout), like=W)
+
+
+def _from_gpt2(m: nn.Module) -> MultiHeadAttention:
+    if getattr(m, "is_cross_attention", False):
+        raise ValueError("from_peer: GPT2Attention with is_cross_attention=True is not supported")
+    d, H = m.embed_dim, m.num_heads
+    if hasattr(m, "scaling"):
+        scale = float(m.scaling)
+    else:                                                              # transformers 4.x
+        scale = (m.head_dim ** -0.5) if m.scale_attn_weights else 1.0
+        if m.scale_attn_by_inverse_layer_idx:
+            scale /= float(m.layer_idx + 1)
+    W, b = m.c_attn.weight, m.c_attn.bias                              # Conv1D: x @ W + b, W (d, 3d)
+    parts = [(W[:, i * d:(i + 1) * d].T, b[i * d:(i + 1) * d]) for i in range(3)]
+    return _mha_from_linears(d, H, *parts, (m.c_proj.weight.T, m.c_proj.bias), scale=scale,
+                             dropout=float(m.attn_dropout.p), like=W)
+
+
+def _from_vit(m: nn.Module) -> MultiHeadAttention:
+    if hasattr(m, "q_proj"):                                           # transformers 5.x ViTAttention
+        lins, o = (m.q_proj, m.k_proj, m.v_proj), m.o_proj
+        H, head_dim, scale, dropout = m.num_attention_heads, m.head_dim, m.scaling, m.attention_dropout
+    else:                                                              # 4.x: ViTAttention(.attention, .output)
+        sa = m.attention if hasattr(m, "attention") else m
+        o = m.output.dense if hasattr(m, "output") else None
+        lins = (sa.query, sa.key, sa.value)
+        H, head_dim = sa.num_attention_heads, sa.attention_head_size
+        scale, dropout = head_dim ** -0.5, sa.dropout.p if hasattr(sa, "dropout") else 0.0
+    d = lins[0].in_features
+    if H * head_dim != d:
+        raise ValueError(f"from_peer: ViT attention with n_heads * head_dim = {H} * {head_dim} != hidden_size={d} "
+                         "is not supported (our layers use d_H = d_model / n_heads)")
+    parts = [(lin.weight, lin.bias) for lin in lins]
+    o_pair = (None, None) if o is None else (o.weight, o.bias)
+    return _mha_from_linears(d, H, *parts, o_pair, scale=float(scale), dropout=float(dropout),
+                             like=lins[0].weight)
+
+
+@torch.no_grad()
+def _from_deepseek_v2(m: nn.Module) -> MultiHeadLatentAttention:
+    """DeepSeek-V2 MLA: decoupled RoPE, RMSNorms on the latents (kept exactly: ``latent_norm``)."""
+    cfg = m.config
+    d, H = m.hidden_size, m.num_heads
+    d_h, d_r, d_v = m.qk_nope_head_dim, m.qk_rope_head_dim, m.v_head_dim
+    if d_h * H != d or d_v * H != d:
+        raise ValueError(f"from_peer: DeepseekV2Attention needs qk_nope_head_dim = v_head_dim = hidden_size / "
+                         f"num_heads = {d // H} to map onto our MLA, got qk_nope_head_dim={d_h}, v_head_dim={d_v}")
+    if getattr(cfg, "num_key_value_heads", H) != H:
+        raise ValueError(f"from_peer: DeepseekV2Attention with num_key_value_heads={cfg.num_key_value_heads} != "
+                         f"num_attention_heads={H} is not supported")
+    if getattr(cfg, "attention_bias", False):
+        raise ValueError("from_peer: DeepseekV2Attention with attention_bias=True (biases before the latent "
+                         "RMSNorm and on the rotated key) is not supported")
+    rope_params = dict(getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {})
+    rope_type = rope_params.get("rope_type", rope_params.get("type", "default"))
+    if rope_type != "default":
+        raise ValueError(f"from_peer: DeepseekV2Attention with rope_type={rope_type!r} (scaled RoPE) is not "
+                         "supported, only 'default'")
+    base = float(rope_params.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)))
+    kv_lat = m.kv_lora_rank
+    has_q_latent = m.q_lora_rank is not None
+    q_lat = m.q_lora_rank if has_q_latent else d
+    like = m.kv_a_proj_with_mqa.weight
+    layer = MultiHeadLatentAttention(
+        d, H, q_lat, kv_lat, rope="decoupled", rope_dim=d_r, latent_norm="q_kv" if has_q_latent else "kv",
+        norm_eps=float(m.kv_a_layernorm.variance_epsilon), rope_base=base, rope_style="interleaved",
+        max_seq_len=int(cfg.max_position_embeddings), dropout=float(m.attention_dropout or 0.0),
+    ).to(device=like.device, dtype=like.dtype)
+    alpha = float(m.scaling) / layer.scale
+    # queries: per head [nope (d_H) | rope (d_R)] rows of q_b_proj (or q_proj without a query latent)
+    Wq = (m.q_b_proj if has_q_latent else m.q_proj).weight.view(H, d_h + d_r, q_lat)
+    layer.q_up.weight.copy_(Wq[:, :d_h].reshape(H * d_h, q_lat) * alpha)
+    layer.q_rope.weight.copy_(Wq[:, d_h:].reshape(H * d_r, q_lat) * alpha)
+    if has_q_latent:
+        layer.q_down.weight.copy_(m.q_a_proj.weight)
+        layer.q_norm.weight.copy_(m.q_a_layernorm.weight)
+        layer.q_norm.eps = float(m.q_a_layernorm.variance_epsilon)
+    else:
+        layer.q_down.weight.copy_(torch.eye(d, dtype=like.dtype, device=like.device))
+    # keys/values: kv_a_proj_with_mqa = [W^DKV | W^KR], kv_b_proj per head [k_nope (d_H) | v (d_H)]
+    layer.kv_down.weight.copy_(like[:kv_lat])
+    layer.k_rope.weight.copy_(like[kv_lat:])
+    layer.kv_norm.weight.copy_(m.kv_a_layernorm.weight)
+    Wkv = m.kv_b_proj.weight.view(H, d_h + d_v, kv_lat)
+    layer.k_up.weight.copy_(Wkv[:, :d_h].reshape(H * d_h, kv_lat))
+    layer.v_up.weight.copy_(Wkv[:, d_h:].reshape(H * d_v, kv_lat))
+    layer.o_proj.weight.copy_(m.o_proj.weight)
+    return layer.train(m.training)
+
+
+_PEER_CONVERTERS = {
+    "GPT2Attention": _from_gpt2,
+    "ViTAttention": _from_vit,
+    "ViTSdpaAttention": _from_vit,
+    "ViTSelfAttention": _from_vit,
+    "ViTSdpaSelfAttention": _from_vit,
+    "DeepseekV2Attention": _from_deepseek_v2,
+}
+
+
+def peer_kind(module: object) -> str | None:
+    """The name under which ``from_peer`` converts ``module``, or None if it is not a supported peer."""
+    if isinstance(module, nn.MultiheadAttention):
+        return "MultiheadAttention"
+    for cls in type(module).__mro__:
+        if cls.__name__ in _PEER_CONVERTERS:
+            return cls.__name__
+    return None
+
+
+def from_peer(module: nn.Module) -> AttentionLayer:
+    """Our layer computing exactly what a peer's attention module computes (same weights, same output).
+
+    - ``torch.nn.MultiheadAttention`` (kdim = vdim = embed_dim; with or without bias; batch_first either way —
+      our layer always takes (B, N, d)) → ``MultiHeadAttention``; pass ``causal=True`` where the peer gets a
+      causal mask.
+    - 🤗 ``GPT2Attention`` (Conv1D ``c_attn``/``c_proj`` with biases; causal: call with ``causal=True``) →
+      ``MultiHeadAttention(bias=True)``; GPT-2's optional layer-index score scaling is folded into W^Q.
+    - 🤗 ``ViTAttention`` (5.x: q/k/v/o_proj; 4.x: ``.attention`` query/key/value + ``.output.dense``) or a 4.x
+      ``ViTSelfAttention`` alone (W^O = I) → ``MultiHeadAttention``, non-causal.
+    - 🤗 ``DeepseekV2Attention`` → ``MultiHeadLatentAttention(rope="decoupled", latent_norm=...)``: the RMSNorms on
+      the latents are nonlinear and cannot fold into a linear map, so our MLA applies the same RMSNorms
+      (``latent_norm="q_kv"``, or "kv" without a query latent — then W^{DQ} = I_d); RoPE is DeepSeek's
+      interleaved pairing on the ``qk_rope_head_dim`` dims with ``rope_theta``. Position ``m`` of the peer's
+      ``position_embeddings`` is our ``positions[m]``.
+
+    Biases are kept as biases of our ``MultiHeadAttention(bias=True)``; ``to_tucker`` then folds them exactly.
+    The result has the peer's dtype, device, dropout and train/eval mode.
+    """
+    if isinstance(module, AttentionLayer):
+        raise TypeError(f"from_peer: {type(module).__name__} is already a tucker_attention layer")
+    kind = peer_kind(module)
+    if kind is None:
+        raise TypeError(f"from_peer supports {', '.join(PEERS)}; got {type(module).__name__}")
+    if kind == "MultiheadAttention":
+        layer = _from_torch_mha(module)
+    else:
+        layer = _PEER_CONVERTERS[kind](module)
+    return layer.train(module.training)
