@@ -1,0 +1,432 @@
+"""Vendor MathJax and the ipywidgets JavaScript at build time, so the site works offline.
+
+By default Sphinx loads MathJax, and myst-nb loads require.js and the ipywidgets HTML manager,
+from public CDNs. This book must render (math typeset, widgets drawn) with no network at all, so
+this local extension (registered in ``_config.yml`` under ``sphinx: local_extensions:``):
+
+1. on ``config-inited`` (before Sphinx validates ``html_static_path``) makes sure ``book/_vendor/``
+   holds the pinned npm packages below, fetching each with ``npm pack <name>@<version>`` into a
+   temporary directory and extracting only the files the site needs (Python ``tarfile``). A package
+   already present (its stamp file matches) is not fetched again, so later builds run offline;
+2. writes ``book/_vendor/widgets-setup.js`` (generated from ``WIDGETS_SETUP_JS`` below), loaded
+   between require.js and the widget manager: it points the manager's AMD module id at the vendored
+   copy (so its icon fonts load from ``_static/``, not from ``<page dir>/@jupyter-widgets/...``) and
+   routes the MathJax 2 call that ipywidgets 8 uses to typeset labels (``MathJax.Hub.Queue``)
+   to MathJax 3;
+3. checks that ``mathjax_path`` and ``nb_ipywidgets_js`` point at these vendored files and that
+   ``book/_vendor`` is in ``html_static_path`` (it is copied to ``_static/`` in the built site);
+4. on ``build-finished``, copies vendored files that changed into ``_static/`` (Sphinx skips the
+   static copy when no page needs rebuilding);
+5. drops repeated identical ``<script>`` tags from each page: with Sphinx 7.4, sphinx-thebe 0.3.1
+   (loaded by Jupyter Book) emits its inline ``const THEBE_JS_URL = ...`` twice, a SyntaxError in
+   every page's console.
+
+There is no CDN fallback: if ``npm`` is missing or fails, the build stops with a message that says
+what to do. ``book/_vendor/`` is git-ignored; delete it to force a fresh download.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import posixpath
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sphinx.application import Sphinx
+from sphinx.config import Config
+from sphinx.errors import ConfigError, ExtensionError
+from sphinx.util import logging
+
+logger = logging.getLogger(__name__)
+
+#: Folder (relative to the book root) that holds the vendored files; listed in html_static_path.
+VENDOR_DIR = "book/_vendor"
+NPM_TIMEOUT_S = 600
+STAMP = ".vendored.json"
+
+
+@dataclass(frozen=True)
+class Package:
+    """One pinned npm package. Bump `version` together with the paths in _config.yml
+    (`mathjax_path`, `nb_ipywidgets_js`): the build checks that they agree."""
+
+    name: str  # npm package name
+    version: str  # exact version: the site is reproducible
+    dest: str  # folder under VENDOR_DIR
+    keep: tuple[str, ...]  # files (or folders, ending in "/") inside the package to extract
+    required: tuple[str, ...]  # files that must exist afterwards
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+PACKAGES = (
+    Package(
+        name="mathjax",
+        version="3.2.2",
+        dest="mathjax-3.2.2",
+        # The combined component plus what it may load lazily at run time: the CHTML fonts, TeX
+        # extensions pulled in by `autoload` (e.g. \boldsymbol, \cancel), MathML entities, and the
+        # menu / accessibility pieces a reader can switch on from MathJax's context menu.
+        keep=(
+            "LICENSE",
+            "es5/tex-mml-chtml.js",
+            "es5/output/chtml/fonts/",
+            "es5/input/tex/extensions/",
+            "es5/input/mml/",
+            "es5/ui/",
+            "es5/a11y/",
+            "es5/sre/",
+        ),
+        required=(
+            "es5/tex-mml-chtml.js",
+            "es5/output/chtml/fonts/woff-v2/MathJax_Main-Regular.woff",
+        ),
+    ),
+    Package(
+        name="@jupyter-widgets/html-manager",
+        version="1.0.6",
+        dest="html-manager-1.0.6",
+        # embed-amd.js bundles @jupyter-widgets/base, controls and output (ipywidgets 8); the
+        # font files are the icon fonts its CSS refers to (relative to the script).
+        keep=(
+            "LICENSE",
+            "dist/embed-amd.js",
+            "dist/*.woff2",
+            "dist/*.woff",
+            "dist/*.ttf",
+            "dist/*.eot",
+            "dist/*.svg",
+        ),
+        required=("dist/embed-amd.js",),
+    ),
+    Package(
+        name="requirejs",
+        version="2.3.7",
+        dest="requirejs-2.3.7",
+        keep=("require.js", "README.md"),
+        required=("require.js",),
+    ),
+)
+
+#: Generated into VENDOR_DIR; list it in `nb_ipywidgets_js` after require.js, before embed-amd.js.
+WIDGETS_SETUP_FILE = "widgets-setup.js"
+_HTML_MANAGER_DEST = next(p.dest for p in PACKAGES if p.name == "@jupyter-widgets/html-manager")
+WIDGETS_SETUP_JS = r"""/* Generated by book/_ext/vendor_assets.py - do not edit.
+   Runs after require.js and before @jupyter-widgets/html-manager's embed-amd.js. */
+(function () {
+  "use strict";
+  // 1. embed-amd.js finds its icon fonts relative to its AMD module URL, which require.js derives
+  //    from the module id and the page's folder. Map the id to the vendored copy next to this file
+  //    (right at any page depth and under any base URL).
+  var here = document.currentScript && document.currentScript.src;
+  if (here && window.requirejs) {
+    var base = here.split("?")[0].split("#")[0].replace(/[^\/]*$/, "");
+    window.requirejs.config({
+      paths: {"@jupyter-widgets/html-manager/dist": base + "__HTML_MANAGER_DEST__/dist"}
+    });
+  }
+  // 2. ipywidgets 8 typesets widget labels with the MathJax 2 API, MathJax.Hub.Queue(["Typeset",
+  //    MathJax.Hub, element]); the book runs MathJax 3, which has no Hub. Provide that one call.
+  //    Widget labels write TeX as $...$, which MathJax 3 (set up by Sphinx for \(...\) only)
+  //    does not pick up: rewrite the delimiters in that element's text nodes first.
+  var current = window.MathJax;
+  function dollarsToParens(el) {
+    var walker = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+    var nodes = [];
+    while (walker.nextNode()) { nodes.push(walker.currentNode); }
+    nodes.forEach(function (node) {
+      var text = node.nodeValue;
+      if (text.indexOf("$") < 0) { return; }
+      node.nodeValue = text.replace(/\$\$([^$]+)\$\$/g, "\\[$1\\]")
+                           .replace(/\$([^$]+)\$/g, "\\($1\\)");
+    });
+  }
+  function whenReady(cb, tries) {
+    var mj = current;
+    if (mj && mj.startup && mj.startup.promise && mj.typesetPromise) {
+      mj.startup.promise.then(cb);
+    } else if ((tries || 0) < 600) {
+      setTimeout(function () { whenReady(cb, (tries || 0) + 1); }, 50);
+    }
+  }
+  var hub = {
+    Queue: function () {
+      for (var i = 0; i < arguments.length; i++) {
+        var job = arguments[i];
+        if (Array.isArray(job) && job[0] === "Typeset" && job[2]) {
+          (function (el) {
+            whenReady(function () {
+              dollarsToParens(el);
+              current.typesetPromise([el]).catch(function (e) { console.warn("MathJax:", e); });
+            });
+          })(job[2]);
+        }
+      }
+    }
+  };
+  function withHub(mj) {
+    if (mj && typeof mj === "object" && !mj.Hub) {
+      // not enumerable: MathJax 3 reads its configuration from this object's own keys
+      try { Object.defineProperty(mj, "Hub", {value: hub, configurable: true, writable: true}); }
+      catch (e) { /* frozen object: leave it */ }
+    }
+    return mj;
+  }
+  current = withHub(current);
+  try {
+    // MathJax 3 replaces window.MathJax (the configuration object) with itself when it starts.
+    Object.defineProperty(window, "MathJax", {
+      configurable: true, enumerable: true,
+      get: function () { return current; },
+      set: function (value) { current = withHub(value); }
+    });
+  } catch (e) { /* keep going without the shim */ }
+})();
+""".replace("__HTML_MANAGER_DEST__", _HTML_MANAGER_DEST)
+
+
+def write_widgets_setup(vendor_root: Path) -> None:
+    path = vendor_root / WIDGETS_SETUP_FILE
+    if not path.is_file() or path.read_text("utf8") != WIDGETS_SETUP_JS:
+        path.write_text(WIDGETS_SETUP_JS, "utf8")
+
+
+class VendorError(ExtensionError):
+    """Fetching or checking the vendored JavaScript failed (the build must stop)."""
+
+
+def _wanted(member_path: str, keep: tuple[str, ...]) -> bool:
+    for pattern in keep:
+        if pattern.endswith("/"):
+            if member_path.startswith(pattern):
+                return True
+        elif "*" in pattern:
+            if posixpath.dirname(member_path) == posixpath.dirname(pattern) and Path(
+                member_path
+            ).match(pattern):
+                return True
+        elif member_path == pattern:
+            return True
+    return False
+
+
+def _stamp_ok(dest: Path, pkg: Package) -> bool:
+    try:
+        stamp = json.loads((dest / STAMP).read_text("utf8"))
+    except (OSError, ValueError):
+        return False
+    return stamp.get("spec") == pkg.spec and all((dest / f).is_file() for f in pkg.required)
+
+
+def _npm_pack(pkg: Package, workdir: Path) -> Path:
+    npm = shutil.which("npm")
+    if npm is None:
+        raise VendorError(
+            f"vendor_assets: cannot vendor {pkg.spec}: `npm` is not on PATH. The book loads "
+            "MathJax and the widget JavaScript from local copies (no CDN), fetched once with "
+            "`npm pack`. "
+            "Install Node.js/npm (e.g. `apt-get install -y npm`), or copy a complete "
+            f"{VENDOR_DIR}/ folder from a machine where the build ran, then rebuild."
+        )
+    cmd = [npm, "pack", pkg.spec, "--json", "--ignore-scripts", "--loglevel=error"]
+    try:
+        proc = subprocess.run(
+            cmd, cwd=workdir, capture_output=True, text=True, timeout=NPM_TIMEOUT_S, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise VendorError(
+            f"vendor_assets: `{' '.join(cmd)}` timed out after {NPM_TIMEOUT_S} s "
+            "(is the npm registry reachable?)"
+        ) from exc
+    if proc.returncode != 0:
+        raise VendorError(
+            f"vendor_assets: `{' '.join(cmd)}` failed with exit code {proc.returncode}; the book "
+            "does not fall back to a CDN. npm said:\n"
+            + (proc.stderr.strip() or proc.stdout.strip() or "(no output)")
+        )
+    tarballs = sorted(workdir.glob("*.tgz"))
+    if len(tarballs) != 1:
+        raise VendorError(
+            f"vendor_assets: `npm pack {pkg.spec}` produced {len(tarballs)} tarballs, expected 1 "
+            f"(stdout: {proc.stdout.strip()[:500]})"
+        )
+    return tarballs[0]
+
+
+def _extract(tarball: Path, pkg: Package, target: Path) -> int:
+    """Extract the wanted regular files of an npm tarball (``package/...``) into ``target``."""
+    n = 0
+    with tarfile.open(tarball, "r:gz") as tar:
+        for member in tar.getmembers():
+            if not member.isfile():
+                continue
+            parts = member.name.split("/", 1)
+            if len(parts) != 2:
+                continue
+            rel = posixpath.normpath(parts[1])
+            if rel.startswith(("../", "/")) or rel == ".." or not _wanted(rel, pkg.keep):
+                continue
+            out = target.joinpath(*rel.split("/"))
+            out.parent.mkdir(parents=True, exist_ok=True)
+            src = tar.extractfile(member)
+            if src is None:
+                continue
+            with src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            n += 1
+    return n
+
+
+def ensure_package(vendor_root: Path, pkg: Package) -> Path:
+    """Make sure ``vendor_root/pkg.dest`` holds ``pkg``; fetch it with npm only if missing."""
+    dest = vendor_root / pkg.dest
+    if _stamp_ok(dest, pkg):
+        return dest
+    logger.info(f"vendor_assets: fetching {pkg.spec} with `npm pack` into {dest}")
+    vendor_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ta-npm-") as tmp:
+        tmp_path = Path(tmp)
+        packdir = tmp_path / "pack"
+        packdir.mkdir()
+        tarball = _npm_pack(pkg, packdir)
+        staging = tmp_path / "staging"
+        n = _extract(tarball, pkg, staging)
+        missing = [f for f in pkg.required if not (staging / f).is_file()]
+        if missing:
+            raise VendorError(
+                f"vendor_assets: {pkg.spec} from npm lacks {missing} (got {n} files) - "
+                "has the package layout changed?"
+            )
+        (staging / STAMP).write_text(json.dumps({"spec": pkg.spec, "files": n}) + "\n", "utf8")
+        # Swap in atomically-ish: an interrupted build never leaves a half-filled folder behind
+        # that the stamp check would accept.
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.move(str(staging), str(dest))
+    logger.info(f"vendor_assets: {pkg.spec}: {n} files in {dest}")
+    return dest
+
+
+def vendor_all(vendor_root: Path) -> None:
+    for pkg in PACKAGES:
+        ensure_package(vendor_root, pkg)
+    write_widgets_setup(vendor_root)
+    # Remove folders of versions no longer pinned, so html_static_path does not ship them.
+    managed = {pkg.dest for pkg in PACKAGES}
+    for child in vendor_root.iterdir():
+        if child.is_dir() and child.name not in managed and (child / STAMP).is_file():
+            logger.info(f"vendor_assets: removing stale {child}")
+            shutil.rmtree(child)
+
+
+def _is_remote(url: str) -> bool:
+    return "://" in url or url.startswith("//")
+
+
+def _check_config(app: Sphinx, config: Config, vendor_root: Path) -> None:
+    static_paths = [posixpath.normpath(str(p)) for p in config.html_static_path]
+    if VENDOR_DIR not in static_paths:
+        raise ConfigError(
+            f"vendor_assets: `{VENDOR_DIR}` must be listed in `sphinx: config: html_static_path` "
+            f"in _config.yml (got {config.html_static_path!r})"
+        )
+    mathjax_path = config.mathjax_path
+    if _is_remote(mathjax_path) or not (vendor_root / mathjax_path).is_file():
+        raise ConfigError(
+            f"vendor_assets: `mathjax_path` must name a vendored file relative to {VENDOR_DIR}/ "
+            f"(e.g. mathjax-3.2.2/es5/tex-mml-chtml.js); got {mathjax_path!r}"
+        )
+    widgets_js: dict[str, Any] = getattr(config, "nb_ipywidgets_js", None) or {}
+    bad = [p for p in widgets_js if _is_remote(p) or not (vendor_root / p).is_file()]
+    order = [Path(p).name for p in widgets_js]
+    if bad or order != ["require.js", WIDGETS_SETUP_FILE, "embed-amd.js"]:
+        raise ConfigError(
+            "vendor_assets: `nb_ipywidgets_js` must list, in this order, the vendored require.js, "
+            f"{WIDGETS_SETUP_FILE} and embed-amd.js, as paths relative to {VENDOR_DIR}/ "
+            f"(see _config.yml); got {list(widgets_js)!r}" + (f", missing: {bad}" if bad else "")
+        )
+    # Jupyter Book 1 adds *every* .js/.css under html_static_path as a page asset when a root
+    # `_static/` folder exists; with MathJax vendored that would load hundreds of scripts.
+    vendored_assets = [
+        f for f in list(config.html_js_files) + list(config.html_css_files)
+        if (vendor_root / (f if isinstance(f, str) else f[0])).is_file()
+    ]
+    if vendored_assets:
+        raise ConfigError(
+            "vendor_assets: vendored files were added as page assets (html_js_files/"
+            f"html_css_files: {vendored_assets[:3]}...). This happens when a root `_static/` "
+            "folder exists (Jupyter Book 1 then registers every .js under html_static_path). "
+            "Remove the root `_static/` folder; put static files elsewhere."
+        )
+
+
+def on_config_inited(app: Sphinx, config: Config) -> None:
+    vendor_root = Path(app.srcdir) / VENDOR_DIR
+    vendor_all(vendor_root)
+    _check_config(app, config, vendor_root)
+
+
+def _script_key(js: Any) -> tuple:
+    # Inline scripts come as filename None (added to the builder) or "" (added via the registry).
+    filename = getattr(js, "filename", js) or ""
+    attributes = getattr(js, "attributes", {}) or {}
+    return (filename, tuple(sorted((k, str(v)) for k, v in attributes.items())))
+
+
+def dedupe_scripts(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
+    """Keep only the first of identical <script> entries (same file/body and attributes)."""
+    scripts = context.get("script_files")
+    if not scripts:
+        return
+    seen: set[tuple] = set()
+    unique = []
+    for js in scripts:
+        key = _script_key(js)
+        if key not in seen:
+            seen.add(key)
+            unique.append(js)
+    if len(unique) != len(scripts):
+        scripts[:] = unique
+
+
+def sync_static(app: Sphinx, exception: Exception | None) -> None:
+    """Copy changed vendored files into ``_static/`` even when no page was rebuilt.
+
+    Sphinx copies ``html_static_path`` only when it writes pages; after an update of the vendored
+    files (a version bump, a new widgets-setup.js) with unchanged sources it keeps the old ones.
+    """
+    if exception is not None or app.builder is None or app.builder.format != "html":
+        return
+    vendor_root = Path(app.srcdir) / VENDOR_DIR
+    static = Path(app.outdir) / "_static"
+    if not vendor_root.is_dir() or not static.is_dir():
+        return
+    n = 0
+    for src in vendor_root.rglob("*"):
+        if not src.is_file() or src.name == STAMP:
+            continue
+        dst = static / src.relative_to(vendor_root)
+        if dst.is_file() and filecmp.cmp(src, dst, shallow=False):
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        n += 1
+    if n:
+        logger.info(f"vendor_assets: updated {n} vendored file(s) in {static}")
+
+
+def setup(app: Sphinx) -> dict[str, Any]:
+    # Priority < 800: run before Sphinx's own html_static_path check drops a missing folder.
+    app.connect("config-inited", on_config_inited, priority=100)
+    # Late, after the extensions (MathJax, myst-nb, thebe) have added their per-page scripts.
+    app.connect("html-page-context", dedupe_scripts, priority=900)
+    app.connect("build-finished", sync_static)
+    return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
