@@ -1,0 +1,306 @@
+"""Command line: ``python -m tucker_attention {train,sweep,summarize} ...`` (also ``tucker-attention``).
+
+    python -m tucker_attention train lm --attention tucker --ranks 2,16,16 --steps 300 --out runs/t
+    python -m tucker_attention train vit --attention gqa --n-kv-heads 2 --steps 300
+    python -m tucker_attention sweep lm --preset ci --out runs/sweep_lm
+    python -m tucker_attention summarize runs/sweep_lm/records.jsonl
+    torchrun --nproc_per_node 8 -m tucker_attention train lm --preset gpu ...      # DDP
+
+Every command runs offline by default (stdlib byte corpus, scikit-learn digits). Configuration errors
+exit with status 2 and a one-line message (set TUCKER_ATTENTION_DEBUG=1 for the traceback); a NaN/inf loss
+exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+_ROPE_CHOICES = ("none", "on", "latent", "decoupled")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v != "")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints like 8,64,64, got {text!r}") from None
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected 3 comma-separated ints (r1,r2,r3), got {text!r}")
+    return values
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value}")
+    return value
+
+
+def _rope_value(kind: str, rope: str | None) -> bool | str | None:
+    """Map --rope to AttentionConfig.rope: head-dim RoPE for mha/gqa/mqa, latent RoPE for tucker/mla."""
+    if rope is None or rope == "none":
+        return None if kind == "mla" else False
+    if kind == "mla":
+        if rope == "on":
+            raise ValueError("--rope for --attention mla must be 'latent' (PAPER.md §6) or 'decoupled' (DeepSeek-V2)")
+        return rope
+    if rope == "decoupled" or (rope == "latent" and kind != "tucker"):
+        raise ValueError(f"--rope {rope} is not available for --attention {kind}: use 'on' (head-dim RoPE"
+                         f"{'' if kind != 'tucker' else ', latent for Tucker'}) or 'none'")
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- parser
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a default only where it says something (not None/False/[], not when the help names it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, []) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by train and sweep."""
+    p.add_argument("--data", help="data set: lm: stdlib (offline) | tinyshakespeare | openwebtext; "
+                   "vit: digits (offline) | cifar10 | image_folder (default: the preset's)")
+    p.add_argument("--data-arg", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="argument of the data loader, repeatable; VALUE is parsed as JSON if it can be "
+                   "(e.g. --data-arg max_bytes=1000000 --data-arg data_dir=/data/imagenet)")
+    p.add_argument("--steps", type=_positive_int, help="optimizer steps (default: the preset's)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the preset's; auto = cuda if available)")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="autocast dtype (auto: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: the preset's, else torch's)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tucker-attention", description="Tucker Attention: train GPT/ViT with any attention, run sweeps.",
+        formatter_class=_Formatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sweep,summarize}")
+
+    # ------------------------------------------------------------------------------------ train
+    t = sub.add_parser("train", help="train one GPT (lm) or ViT (vit)",
+                       description="Train one model. Sizes default to the --preset's base model "
+                       "(ci: tiny, seconds to a minute on a CPU); every flag overrides it. Writes "
+                       "OUT/metrics.jsonl, OUT/config.json and OUT/ckpt.pt.",
+                       formatter_class=_Formatter)
+    t.add_argument("task", choices=("lm", "vit"), help="lm: GPT next-token prediction; vit: ViT classification")
+    t.add_argument("--preset", default="ci", choices=("ci", "gpu", "paper"),
+                   help="base model size and training recipe")
+    _add_run_options(t)
+    g = t.add_argument_group("attention")
+    g.add_argument("--attention", default="mha", choices=("mha", "gqa", "mqa", "mla", "tucker"),
+                   help="attention method")
+    g.add_argument("--n-kv-heads", type=_positive_int, help="GQA: key/value heads")
+    g.add_argument("--q-latent", type=_positive_int, help="MLA: query latent d_c^Q")
+    g.add_argument("--kv-latent", type=_positive_int, help="MLA: key/value latent d_c^K")
+    g.add_argument("--separate-kv", action="store_true", help="MLA: separate key and value latents")
+    g.add_argument("--rope-dim", type=_positive_int, help="MLA: decoupled RoPE size d_R (with --rope decoupled)")
+    g.add_argument("--ranks", type=_ints, metavar="R1,R2,R3", help="Tucker: ranks (head, query, key)")
+    g.add_argument("--post-ranks", type=_ints, metavar="R1,R2,R3",
+                   help="Tucker: post-softmax ranks (head, output, value); default = --ranks")
+    g.add_argument("--shared-kv", action="store_true", help="Tucker: keys and values share U3")
+    g.add_argument("--rope", choices=_ROPE_CHOICES, default="none",
+                   help="RoPE: 'on' = head-dim RoPE (mha/gqa/mqa) or latent RoPE (tucker); mla: 'latent' | "
+                   "'decoupled'")
+    g.add_argument("--attn-backend", default="auto", choices=("auto", "flash", "sdpa", "math"),
+                   help="attention kernel")
+    g.add_argument("--attn-dropout", type=float, default=0.0, help="attention-probability dropout")
+    m = t.add_argument_group("model (default: the preset's)")
+    m.add_argument("--n-layer", type=_positive_int, help="transformer blocks")
+    m.add_argument("--d-model", type=_positive_int, help="model width d")
+    m.add_argument("--n-heads", type=_positive_int, help="attention heads n_H")
+    m.add_argument("--mlp-ratio", type=float, help="MLP hidden width / d_model")
+    m.add_argument("--dropout", type=float, help="embedding/residual/MLP dropout")
+    m.add_argument("--no-bias", action="store_true", help="no biases in LayerNorms and MLPs")
+    m.add_argument("--block-size", type=_positive_int, help="lm: context length")
+    m.add_argument("--position", choices=("auto", "learned", "none"),
+                   help="lm: position embedding (auto: learned unless RoPE)")
+    m.add_argument("--image-size", type=_positive_int, help="vit: image size (passed to the data loader)")
+    m.add_argument("--patch-size", type=_positive_int, help="vit: patch size")
+    m.add_argument("--pool", choices=("cls", "mean"), help="vit: class token or mean pooling")
+    o = t.add_argument_group("optimization (default: the preset's)")
+    o.add_argument("--batch-size", type=_positive_int, help="sequences/images per process per micro-step")
+    o.add_argument("--grad-accum", type=_positive_int, help="micro-steps per optimizer step")
+    o.add_argument("--lr", type=float, help="peak learning rate")
+    o.add_argument("--min-lr", type=float, help="final learning rate of the cosine decay (default lr/10)")
+    o.add_argument("--warmup-steps", type=int, help="linear warmup steps")
+    o.add_argument("--schedule", choices=("cosine", "constant"), help="after warmup: cosine decay or constant")
+    o.add_argument("--weight-decay", type=float, help="AdamW weight decay (2-D+ weights only)")
+    o.add_argument("--grad-clip", type=float, help="max gradient norm (0 = off)")
+    o.add_argument("--seed", type=int, default=0, help="seed of init, data order and dropout")
+    o.add_argument("--compile", action="store_true", help="torch.compile the model")
+    o.add_argument("--num-workers", type=int, help="vit: DataLoader workers")
+    e = t.add_argument_group("evaluation, logging, checkpoints")
+    e.add_argument("--eval-every", type=int, help="evaluate every k steps (0 = only at the end)")
+    e.add_argument("--eval-batches", type=int, help="batches per evaluation (0 = the whole validation set)")
+    e.add_argument("--log-every", type=_positive_int, help="write a metrics line every k steps")
+    e.add_argument("--out", help="output folder (metrics.jsonl, config.json, ckpt.pt); none = write nothing")
+    e.add_argument("--checkpoint-every", type=int, help="also checkpoint every k steps (0 = only at the end)")
+    e.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt (bit-exact)")
+
+    # ------------------------------------------------------------------------------------ sweep
+    s = sub.add_parser("sweep", help="train every method/rank of a preset, one JSON record per run",
+                       description="Train MHA, GQA, MQA, MLA and several Tucker ranks with the preset's "
+                       "data/model/recipe for each seed; append one record per run to OUT/records.jsonl "
+                       "(runs already recorded there are skipped unless --rerun) and print the table.",
+                       formatter_class=_Formatter)
+    s.add_argument("task", choices=("lm", "vit"), help="lm: GPT; vit: ViT")
+    s.add_argument("--preset", required=True, choices=("ci", "gpu", "paper"),
+                   help="ci: 2 CPU cores, ~1 min/run; gpu: one GPU, minutes/run; paper: the paper's sizes")
+    s.add_argument("--seeds", type=_positive_int, help="seeds per method (default: the preset's)")
+    s.add_argument("--out", help="output folder (default runs/sweep_<task>_<preset>)")
+    s.add_argument("--methods", help="comma-separated kinds to keep, e.g. mha,tucker (default: all)")
+    s.add_argument("--rerun", action="store_true", help="rerun runs already in OUT/records.jsonl")
+    _add_run_options(s)
+
+    # -------------------------------------------------------------------------------- summarize
+    u = sub.add_parser("summarize", help="print the table of sweep records",
+                       description="Print a Markdown table (mean ± std over seeds) of records.jsonl files.")
+    u.add_argument("paths", nargs="+", help="records.jsonl files (JSON lines)")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def _pick(explicit: Any, default: Any) -> Any:
+    return default if explicit is None else explicit
+
+
+def _train_configs(args: argparse.Namespace):
+    """(model kwargs, AttentionConfig, TrainConfig kwargs, data name, data kwargs) from the flags."""
+    from .models import AttentionConfig
+    from .train.sweep import get_preset
+
+    preset = get_preset(args.task, args.preset)
+    attention = AttentionConfig(
+        kind=args.attention, n_kv_heads=args.n_kv_heads, q_latent=args.q_latent, kv_latent=args.kv_latent,
+        separate_kv=args.separate_kv, rope_dim=args.rope_dim, ranks=args.ranks, post_ranks=args.post_ranks,
+        shared_kv=args.shared_kv, rope=_rope_value(args.attention, args.rope), backend=args.attn_backend,
+        dropout=args.attn_dropout)
+    model = dict(preset.model)
+    names = ["n_layer", "d_model", "n_heads", "mlp_ratio", "dropout"]
+    names += ["block_size", "position"] if args.task == "lm" else ["patch_size", "pool"]
+    for name in names:
+        model[name] = _pick(getattr(args, name), model.get(name))
+    model = {k: v for k, v in model.items() if v is not None}
+    if args.no_bias:
+        model["bias"] = False
+    if args.task == "lm" and (args.image_size or args.patch_size or args.pool):
+        raise ValueError("--image-size, --patch-size and --pool are for vit")
+    if args.task == "vit" and (args.block_size or args.position):
+        raise ValueError("--block-size and --position are for lm")
+    train = dict(preset.train)
+    for name in ("steps", "batch_size", "grad_accum", "lr", "min_lr", "warmup_steps", "schedule", "weight_decay",
+                 "grad_clip", "eval_every", "eval_batches", "log_every", "checkpoint_every", "device", "dtype",
+                 "num_workers"):
+        train[name] = _pick(getattr(args, name), train.get(name))
+    train = {k: v for k, v in train.items() if v is not None}
+    if args.lr is not None and args.min_lr is None:
+        train["min_lr"] = args.lr / 10
+    data = args.data or preset.data
+    data_kwargs = dict(preset.data_kwargs) if data == preset.data else {}
+    if args.image_size:
+        data_kwargs["image_size"] = args.image_size
+    data_kwargs.update(dict(args.data_arg))
+    return preset, model, attention, train, data, data_kwargs
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, load_data, model_config_for, train
+    from .train.distributed import is_main
+    from .train.sweep import runs_on_cpu
+
+    preset, model_kw, attention, train_kw, data_name, data_kwargs = _train_configs(args)
+    tcfg = TrainConfig(task=args.task, data=data_name, data_kwargs=data_kwargs, seed=args.seed, out_dir=args.out,
+                       resume=args.resume, compile=args.compile, progress=not args.no_progress, **train_kw)
+    _set_threads(args.threads if args.threads is not None else
+                 (preset.threads if runs_on_cpu(tcfg.device) else None))
+    data = load_data(args.task, data_name, **data_kwargs)
+    mcfg = model_config_for(args.task, data, attention=attention, **model_kw)
+    result = train(mcfg, tcfg, data=data)
+    if is_main():
+        summary = {"attention": attention.label(), "attention_params": result.model.attention_params(),
+                   "total_params": result.model.num_params(), "kv_cache_per_token": result.model.kv_cache_per_token(),
+                   **result.final, "out_dir": result.out_dir}
+        print(json.dumps(summary))
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .train.distributed import is_main
+    from .train.sweep import format_table, get_preset, run_sweep
+
+    preset = get_preset(args.task, args.preset)
+    if args.threads is not None:
+        _set_threads(args.threads)
+        preset = dataclasses.replace(preset, threads=args.threads)
+    out = args.out or f"runs/sweep_{args.task}_{args.preset}"
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    t0 = time.perf_counter()
+    records = run_sweep(args.task, preset, out_dir=out, seeds=args.seeds, steps=args.steps, data=args.data,
+                        data_kwargs=dict(args.data_arg), device=args.device, dtype=args.dtype, methods=methods,
+                        rerun=args.rerun, progress=not args.no_progress, command=sys.argv)
+    if is_main():
+        print(format_table(records))
+        print(f"\n{len(records)} runs, records in {out}/records.jsonl, sweep wall time "
+              f"{time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _cmd_summarize(args: argparse.Namespace) -> int:
+    from .train.sweep import format_table, load_records
+
+    for path in args.paths:
+        print(f"{path}:\n{format_table(load_records(path))}\n")
+    return 0
+
+
+def _set_threads(n: int | None) -> None:
+    if n is not None:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m tucker_attention`` and the ``tucker-attention`` script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    commands = {"train": _cmd_train, "sweep": _cmd_sweep, "summarize": _cmd_summarize}
+    from .train import NonFiniteLossError
+
+    try:
+        return commands[args.command](args)
+    except NonFiniteLossError as e:
+        print(f"tucker-attention: training stopped: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        if os.environ.get("TUCKER_ATTENTION_DEBUG"):
+            raise
+        parser.exit(2, f"tucker-attention: error: {e}\n")
+    return 0
