@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+# Tiny models on 2 shared cores: one intra-op thread per pytest-xdist worker avoids oversubscription
+# (two threads per worker ran small models many times slower on the CI machine).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

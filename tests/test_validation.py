@@ -65,6 +65,9 @@ def test_call_errors(layer):
         layer(torch.randn(1, 2, 32), positions=torch.zeros(2))
     with pytest.raises(ValueError, match=r"positions must lie in \[0, max_seq_len=4096\)"):
         layer(torch.randn(1, 2, 32), positions=torch.tensor([0, 5000]))
+    short = ta.MultiHeadAttention(32, 4, rope=True, max_seq_len=4)
+    with pytest.raises(ValueError, match=r"positions 0..4 exceed max_seq_len=4"):
+        short(torch.randn(1, 5, 32))
 
 
 def test_cache_errors(layer):

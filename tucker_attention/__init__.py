@@ -18,6 +18,16 @@ from .attention import (
 
 __version__ = "0.1.0"
 
+_LAZY = ("book", "data", "models", "train")       # heavier subpackages, imported on first use
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = ["GroupedQueryAttention", "KVCache", "MultiHeadAttention", "MultiHeadLatentAttention",
            "TuckerAttention", "TuckerFactors", "analysis", "attend", "attention", "convert", "counting", "tensors",
            "__version__"]

@@ -78,7 +78,7 @@ def check_input(x: object, d_model: int, *, param: torch.Tensor | None = None) -
     return x
 
 
-def check_positions(positions: object, seq_len: int, max_seq_len: int) -> torch.Tensor:
+def check_positions(positions: object, seq_len: int, max_seq_len: int, *, values: bool = True) -> torch.Tensor:
     """Check ``positions``: a 1-D integer tensor of length ``seq_len`` with values in [0, max_seq_len)."""
     if not isinstance(positions, torch.Tensor):
         raise TypeError(f"positions must be a 1-D integer torch.Tensor, got {type(positions).__name__}")
@@ -87,7 +87,7 @@ def check_positions(positions: object, seq_len: int, max_seq_len: int) -> torch.
                          f"got positions.shape={tuple(positions.shape)}")
     if positions.is_floating_point() or positions.dtype == torch.bool:
         raise TypeError(f"positions must be an integer tensor, got positions.dtype={positions.dtype}")
-    if positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= max_seq_len):
+    if values and positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= max_seq_len):
         raise ValueError(f"positions must lie in [0, max_seq_len={max_seq_len}), got min={int(positions.min())}, "
                          f"max={int(positions.max())}")
     return positions

@@ -135,11 +135,16 @@ class AttentionLayer(nn.Module):
             # under autocast the cache keeps its own dtype (entries are cast on append); otherwise it must match x
             autocast = torch.is_autocast_enabled(x.device.type)
             cache.check_append(B, N, cache.dtype if autocast else x.dtype, x.device)
-        start = cache.next_position() if cache is not None else 0
         if positions is None:
+            start = cache.next_position() if cache is not None else 0
+            if start + N > self.max_seq_len:
+                raise ValueError(f"positions {start}..{start + N - 1} exceed max_seq_len={self.max_seq_len}; "
+                                 "build the layer with a larger max_seq_len")
             positions = torch.arange(start, start + N, device=x.device)
-        check_positions(positions, N, self.max_seq_len)
-        positions = positions.to(x.device)
+        else:
+            # the value range check reads the tensor; torch.compile would break the graph there
+            check_positions(positions, N, self.max_seq_len, values=not torch.compiler.is_compiling())
+            positions = positions.to(x.device)
 
         q, entries = self._project(x, positions)                       # q: (B, Hq, N, D)
         if cache is not None:

@@ -209,14 +209,12 @@ def build_attention(cfg: AttentionConfig, d_model: int, n_heads: int, *, max_seq
                     device: Any = None) -> nn.Module:
     """The attention layer of ``cfg``, built by ``counting.build_layer`` (so counting and model agree).
 
-    ``backend``, ``dropout`` and ``max_seq_len`` are run-time options of the layer, not sizes: they are set
-    on the built layer (the same attributes its constructor sets).
+    ``backend``, ``dropout`` and ``max_seq_len`` are options of the layer that do not change the counts;
+    ``build_layer`` passes them to the constructor, which validates them.
     """
-    layer = counting.build_layer(cfg.kind, d_model, n_heads, device=device, **cfg.sizes())
-    layer.backend = cfg.backend
-    layer.dropout = cfg.dropout
-    layer.max_seq_len = _check_int("max_seq_len", max_seq_len)
-    return layer
+    return counting.build_layer(cfg.kind, d_model, n_heads, device=device, backend=cfg.backend,
+                                dropout=cfg.dropout, max_seq_len=_check_int("max_seq_len", max_seq_len),
+                                **cfg.sizes())
 
 
 def _check_attention_fits(attention: AttentionConfig, d_model: int, n_heads: int) -> None:
