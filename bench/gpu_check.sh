@@ -3,7 +3,8 @@
 #
 #   1. the GPU tests: `pytest -m gpu tests` (bf16 autocast training and bit-exact resume on CUDA, SDPA
 #      flash/efficient kernels vs the math path for Tucker/MQA in fp32/bf16, KV-cache decoding on CUDA);
-#   2. a short `gpu`-preset sweep of both tasks, offline data (stdlib byte corpus, scikit-learn digits);
+#   2. a short `gpu`-preset sweep of both tasks, offline data (stdlib byte corpus, scikit-learn digits),
+#      and the kernel benchmark (bench/bench_attention.py, GPT-2-small-sized layers, bf16, N = 512..4096);
 #   3. the results, with provenance (device, torch, CUDA, commit, command, date), into book/results/:
 #        gpu_check_provenance.json  gpu_pytest.log  gpu_sweep_lm.jsonl  gpu_sweep_vit.jsonl  gpu_sweep_tables.md
 #      and, when $OUT is set (the device tool's output folder), a copy of them there.
@@ -84,6 +85,15 @@ for task in $TASKS; do
   fi
 done
 
+stamp "2b. kernel benchmarks: GPT-2-small-sized layers, bf16, side by side (bench/bench_attention.py)"
+for n in ${GPU_BENCH_SEQ_LENS:-512 1024 2048 4096}; do
+  if ! "$PYTHON" bench/bench_attention.py --preset gpt2 --device cuda --dtype bfloat16 --seq-len "$n" \
+      --min-run-time 0.3 --out "$RESULTS/gpu_kernels_gpt2_bf16_N$n.json"; then
+    echo "gpu_check: the kernel benchmark at N=$n FAILED" >&2
+    status=1
+  fi
+done
+
 stamp "3. tables"
 tables=()
 for task in $TASKS; do
@@ -96,9 +106,9 @@ if (( ${#tables[@]} )); then
 fi
 
 if [[ -n "${OUT:-}" && -d "${OUT:-}" ]]; then
-  for f in gpu_check_provenance.json gpu_pytest.log gpu_sweep_lm.jsonl gpu_sweep_vit.jsonl gpu_sweep_tables.md; do
-    if [[ -f "$RESULTS/$f" ]]; then
-      cp "$RESULTS/$f" "$OUT/"
+  for f in "$RESULTS"/gpu_*; do
+    if [[ -f "$f" ]]; then
+      cp "$f" "$OUT/"
     fi
   done
   stamp "copied the results to \$OUT=$OUT"
