@@ -10,6 +10,21 @@ import torch
 from tucker_attention.attention.rope import rope_matrix
 
 
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative Frobenius error ||a - b|| / ||b||."""
+    return float((a - b).detach().norm() / b.detach().norm())
+
+
+def randomize(layer: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """float64, generic weights (including biases and Tucker biases, which start at zero)."""
+    torch.manual_seed(seed)
+    layer = layer.double().eval()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn_like(p) / math.sqrt(max(p.shape[-1], 1)))
+    return layer
+
+
 def softmax_attend(scores: torch.Tensor, causal: bool) -> torch.Tensor:
     """Row softmax of (N, S) scores, with a bottom-right causal mask."""
     N, S = scores.shape

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference import reference
+from reference import reference, rel
 
 import tucker_attention as ta
 
@@ -36,10 +36,6 @@ def make(name: str) -> torch.nn.Module:
 ALL = ["mha", "mha-rope", "mha-rope-half", "gqa", "gqa-rope", "mqa", "mla", "mla-sep", "mla-latent",
        "mla-latent-sep", "mla-decoupled", "tucker", "tucker-post", "tucker-shared", "tucker-rope",
        "tucker-shared-rope"]
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
 
 
 @pytest.mark.parametrize("causal", [False, True])

@@ -9,19 +9,10 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from tucker_attention.cli import build_parser, main
 from tucker_attention.train import load_checkpoint
 from tucker_attention.train.sweep import load_records
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def run_cli(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
+from reference import randomize, rel
 
 from tucker_attention import (
     GroupedQueryAttention,
@@ -20,18 +20,6 @@ from tucker_attention.tensors import attention_tensors, multilinear_rank, relati
 
 TOL = 1e-10
 
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).detach().norm() / b.detach().norm())
-
-
-def randomize(layer: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    layer = layer.double().eval()
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.copy_(torch.randn_like(p) / math.sqrt(max(p.shape[-1], 1)))
-    return layer
 
 
 # (layer, expected ranks, expected post_ranks, shared_kv) — PAPER.md §4's constructions, d = 24, n_H = 4, d_H = 6

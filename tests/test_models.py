@@ -33,14 +33,6 @@ ROPE_ATTENTIONS = {
 ALL = {**ATTENTIONS, **ROPE_ATTENTIONS}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; two pytest workers x two threads thrash 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def gpt(att: AttentionConfig, **kw) -> GPT:
     cfg = dict(vocab_size=50, block_size=16, n_layer=L, d_model=D, n_heads=H, attention=att)

@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from reference import randomize, rel
 
 from tucker_attention import (
     GroupedQueryAttention,
@@ -29,19 +30,6 @@ from tucker_attention.tensors import (
 
 TOL = 1e-10
 
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).detach().norm() / b.detach().norm())
-
-
-def randomize(layer: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """float64, generic weights (including biases and Tucker biases, which start at zero)."""
-    torch.manual_seed(seed)
-    layer = layer.double().eval()
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.copy_(torch.randn_like(p) / math.sqrt(max(p.shape[-1], 1)))
-    return layer
 
 
 def softmax_rows(scores: torch.Tensor, causal: bool) -> torch.Tensor:

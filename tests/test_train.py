@@ -37,14 +37,6 @@ from tucker_attention.train.sweep import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def text():
     return load_data("lm", "stdlib", max_bytes=300_000)
