@@ -38,7 +38,7 @@ from .attention.backends import flash_attn_module, resolve_backend
 __all__ = [
     "METHOD_COLORS", "TIMING_KEYS", "AttentionCall", "BudgetRow", "Config", "bar_budget", "budget_figure",
     "budget_rows", "budget_widget", "cache_figure", "cache_widget", "capture_attention", "environment",
-    "family_configs", "format_table", "gpt2_small_configs", "load_results", "on_gpu", "pick_device",
+    "family_configs", "figure_widget", "format_table", "gpt2_small_configs", "load_results", "on_gpu", "pick_device",
     "plot_cache_vs_length", "plot_mask", "plot_recorded_timings", "print_table", "results_dir", "scale_for_device",
 ]
 
@@ -334,6 +334,17 @@ def _error_figure(message: str):
     return fig
 
 
+def _controls_row(controls: dict, columns: int, min_width: str):
+    """The controls in up to ``columns`` columns sharing the page width, wrapping to fewer columns when a
+    control would get narrower than ``min_width`` (the book's text column is narrow), so they never overlap."""
+    import ipywidgets as widgets
+
+    for w in controls.values():
+        w.layout.width = f"calc({100 / columns:.4g}% - 8px)"
+        w.layout.min_width = min_width
+    return widgets.Box(list(controls.values()), layout=widgets.Layout(display="flex", flex_flow="row wrap"))
+
+
 def _widget_box(controls: dict, draw: Callable[..., None], columns: int = 4, min_width: str = "240px"):
     """``interactive_output(draw, controls)`` under its controls; ``box.controls`` = ``controls``.
 
@@ -343,12 +354,59 @@ def _widget_box(controls: dict, draw: Callable[..., None], columns: int = 4, min
     import ipywidgets as widgets
 
     out = widgets.interactive_output(draw, controls)
-    for w in controls.values():
-        w.layout.width = f"calc({100 / columns:.4g}% - 8px)"
-        w.layout.min_width = min_width
-    row = widgets.Box(list(controls.values()), layout=widgets.Layout(display="flex", flex_flow="row wrap"))
-    box = widgets.VBox([row, out])
+    box = widgets.VBox([_controls_row(controls, columns, min_width), out])
     box.controls = controls  # for programmatic access (tests, readers): name -> control widget
+    return box
+
+
+def figure_widget(draw: Callable[..., Any], controls: dict, *, columns: int = 4, min_width: str = "240px",
+                  dpi: float | None = None):
+    """Controls → the matplotlib ``Figure`` that ``draw(**values)`` returns, shown as a PNG ``ipywidgets.Image``.
+
+    An alternative to ``interactive_output`` (``_widget_box``) for pictures with many pixels (heatmaps): the
+    figure is the value of an image widget instead of an output captured by an ``Output`` widget. Notebook
+    executors (nbclient, i.e. ``jupyter-book build`` and ``nbconvert --execute``) were seen to stall when an
+    ``Output`` widget captured a large image (a ~0.6 MB PNG); an image widget's state travels with the widget,
+    and the static site shows it. ``draw`` receives every control's current value as a keyword argument and must
+    return a ``Figure``; it is rendered (at ``dpi``, default the figure's own) and closed, so nothing stays open
+    or is shown twice. Moving a control redraws.
+
+    Returns an ``ipywidgets.VBox`` (controls, then the image) with ``box.controls`` (name -> control),
+    ``box.image`` and ``box.redraw()``. Raises ``TypeError`` if ``controls`` is not a non-empty dict of
+    ipywidgets value controls, or if ``draw`` does not return a ``Figure``.
+    """
+    import io
+
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    if not isinstance(controls, dict) or not controls:
+        raise TypeError(f"controls must be a non-empty dict name -> ipywidgets control, got {controls!r}")
+    for name, w in controls.items():
+        if not isinstance(w, widgets.ValueWidget):
+            raise TypeError(f"controls[{name!r}] must be an ipywidgets control with a value, got {type(w).__name__}")
+
+    def render() -> bytes:
+        fig = draw(**{name: w.value for name, w in controls.items()})
+        if not isinstance(fig, Figure):
+            raise TypeError(f"draw must return a matplotlib Figure (and not show it), got {type(fig).__name__}")
+        buf = io.BytesIO()
+        try:
+            fig.savefig(buf, format="png", dpi=dpi if dpi is not None else "figure", bbox_inches="tight")
+        finally:
+            plt.close(fig)
+        return buf.getvalue()
+
+    image = widgets.Image(value=render(), format="png", layout=widgets.Layout(max_width="100%", height="auto"))
+
+    def redraw(change: Any = None) -> None:
+        image.value = render()
+
+    for w in controls.values():
+        w.observe(redraw, names="value")
+    box = widgets.VBox([_controls_row(controls, columns, min_width), image])
+    box.controls, box.image, box.redraw = controls, image, redraw  # programmatic access (tests, readers)
     return box
 
 
