@@ -83,3 +83,11 @@ def test_bad_method_and_sizes():
 def test_top_level_api_names():
     for name in ("MultiHeadAttention", "GroupedQueryAttention", "MultiHeadLatentAttention", "TuckerAttention"):
         assert hasattr(ta, name)
+
+
+def test_table_rows_carry_their_differences_and_cache_per_token():
+    rows = {r.label: r for r in counting.gpt2_small_table()}
+    mla = rows["MLA d_c=128"]
+    assert mla.kv_cache_per_token == 128
+    assert mla.attention_diff_percent == pytest.approx(100 * (mla.attention_mb - 26.00) / 26.00)
+    assert rows["GQA n_KV=4"].kv_cache_diff_percent is None

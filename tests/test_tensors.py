@@ -285,3 +285,30 @@ def test_eq6_rejects_bad_shapes():
         eq6_forward(W, torch.randn(3, 4, 4), 1.0, torch.randn(1, 3, 4))
     with pytest.raises(ValueError, match="query_bias must have shape"):
         eq6_forward(W, W, 1.0, torch.randn(1, 3, 4), query_bias=torch.randn(4))
+
+
+def test_tucker_decomposition_and_hosvd_bounds():
+    """Exact at the multilinear rank; HOOI <= HOSVD; the HOSVD error lies between the bounds."""
+    from tucker_attention.attention.factors import TuckerFactors
+    from tucker_attention.tensors import hosvd_error_bounds, tucker_decomposition
+
+    g = torch.Generator().manual_seed(3)
+    core = torch.randn(2, 3, 4, generator=g, dtype=torch.float64)
+    U = [torch.randn(n, r, generator=g, dtype=torch.float64) for n, r in ((5, 2), (6, 3), (7, 4))]
+    T = TuckerFactors(core, *U).full()
+    c, f = tucker_decomposition(T, (2, 3, 4))
+    assert relative_error(TuckerFactors(c, *f).full(), T) < 1e-12
+    assert all(torch.allclose(F.T @ F, torch.eye(F.shape[1], dtype=torch.float64), atol=1e-12) for F in f)
+    noisy = T + 0.3 * torch.randn(T.shape, generator=g, dtype=torch.float64)
+    for ranks in ((1, 2, 2), (2, 2, 3)):
+        e = {m: relative_error(TuckerFactors(*(lambda cf: (cf[0], *cf[1]))(tucker_decomposition(noisy, ranks,
+                                                                                            method=m))).full(), noisy)
+             for m in ("hosvd", "hooi")}
+        lower, upper = hosvd_error_bounds(noisy, ranks)
+        assert lower <= e["hooi"] * (1 + 1e-12) and e["hooi"] <= e["hosvd"] * (1 + 1e-12) <= upper * (1 + 1e-12)
+        assert upper <= 3 ** 0.5 * lower * (1 + 1e-12)
+    assert hosvd_error_bounds(T, (2, 3, 4))[1] < 1e-12
+    with pytest.raises(ValueError, match="method must be 'hosvd' or 'hooi'"):
+        tucker_decomposition(T, (2, 3, 4), method="cp")
+    with pytest.raises(ValueError, match=r"ranks must have one entry per mode"):
+        tucker_decomposition(T, (2, 9, 4))

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import tensorly as tl
 import torch
-from tensorly.decomposition import partial_tucker, tucker
+from tensorly.decomposition import partial_tucker
 from torch import nn
 
 from .attention import (
@@ -38,7 +38,7 @@ from .attention import (
 )
 from .attention._checks import check_input, check_int, check_positions, check_ranks
 from .attention.rope import apply_rope, rope_angles
-from .tensors import _check_layer, attention_biases, attention_tensors, mode_product, unfold
+from .tensors import _check_layer, attention_biases, attention_tensors, mode_product, tucker_decomposition, unfold
 
 __all__ = ["to_tucker", "compress", "COMPRESS_METHODS", "fold_queries", "folded_scores", "layer_scores",
            "head_rope_scores", "from_peer", "peer_kind", "PEERS"]
@@ -124,14 +124,6 @@ def to_tucker(layer: AttentionLayer) -> TuckerAttention:
 
 
 # ---------------------------------------------------------------------------------- compression
-def _decompose(T: torch.Tensor, ranks: Sequence[int], method: str, n_iter_max: int, tol: float
-               ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Truncated HOSVD (tensorly's Tucker with SVD init and no iterations) or HOOI of T."""
-    iters = 0 if method == "hosvd" else n_iter_max
-    core, factors = tucker(T, rank=list(ranks), init="svd", n_iter_max=iters, tol=tol)
-    return core, list(factors)
-
-
 def _decompose_fixed_mode3(T: torch.Tensor, U3: torch.Tensor, ranks: Sequence[int], method: str,
                            n_iter_max: int, tol: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """HOSVD/HOOI of T over modes 1, 2 with the (orthonormal) mode-3 factor U3 fixed."""
@@ -187,8 +179,8 @@ def compress(layer: AttentionLayer, ranks: Sequence[int], post_ranks: Sequence[i
             core, f = _decompose_fixed_mode3(W, U3, ranks, method, n_iter_max, tol)
             pcore, pf = _decompose_fixed_mode3(Wt, U3, post_ranks, method, n_iter_max, tol)
         else:
-            core, f = _decompose(W, ranks, method, n_iter_max, tol)
-            pcore, pf = _decompose(Wt, post_ranks, method, n_iter_max, tol)
+            core, f = tucker_decomposition(W, ranks, method=method, n_iter_max=n_iter_max, tol=tol)
+            pcore, pf = tucker_decomposition(Wt, post_ranks, method=method, n_iter_max=n_iter_max, tol=tol)
     new = _new_tucker(layer, ranks, post_ranks, shared_kv=shared_kv, bias=biases is not None)
     q_bias, out_bias = (biases[0] @ f[2], biases[1]) if biases is not None else (None, None)
     return _fill_tucker(new, (core, *f), (pcore, *pf), alpha=scale / new.scale, q_bias=q_bias, out_bias=out_bias)

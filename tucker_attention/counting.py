@@ -171,6 +171,21 @@ class TableRow:
     kv_cache_mb: float             # bytes * n_layers * seq_len * per-token / 1e6 (batch 1)
     paper_attention_mb: float | None
     paper_kv_cache_mb: float | None
+    kv_cache_per_token: int        # elements per layer and token
+
+    @property
+    def attention_diff_percent(self) -> float | None:
+        """100 (ours − paper) / paper for the attention MB (None where the paper gives no number)."""
+        return _diff_percent(self.attention_mb, self.paper_attention_mb)
+
+    @property
+    def kv_cache_diff_percent(self) -> float | None:
+        """100 (ours − paper) / paper for the KV-cache MB (None where the paper gives no number)."""
+        return _diff_percent(self.kv_cache_mb, self.paper_kv_cache_mb)
+
+
+def _diff_percent(ours: float, paper: float | None) -> float | None:
+    return None if paper is None else 100 * (ours - paper) / paper
 
 
 def model_attention_mb(method: str, shape: ModelShape, *, bytes_per_param: int = 2, **sizes) -> float:
@@ -190,7 +205,8 @@ def _rows(shape: ModelShape, entries: Sequence[tuple]) -> list[TableRow]:
     for label, method, sizes, paper_att, paper_kv in entries:
         n = shape.n_layers * module_params(method, shape.d_model, shape.n_heads, **sizes)
         rows.append(TableRow(label, method, dict(sizes), n, 2 * n / 1e6,
-                             model_kv_cache_mb(method, shape, **sizes), paper_att, paper_kv))
+                             model_kv_cache_mb(method, shape, **sizes), paper_att, paper_kv,
+                             kv_cache_per_token(method, shape.d_model, shape.n_heads, **sizes)))
     return rows
 
 

@@ -20,6 +20,8 @@ score bias per head ``β_i ∈ R^d`` (score ``s β_i · x_ℓ``) and one output 
 
 from __future__ import annotations
 
+import math
+
 import tensorly as tl
 import torch
 from tensorly.base import unfold as _tl_unfold
@@ -131,6 +133,43 @@ def multilinear_rank(T: torch.Tensor, rtol: float = 1e-10) -> tuple[int, ...]:
         top = s[0] if s.numel() else s.new_zeros(())
         ranks.append(int((s > rtol * top).sum()) if top > 0 else 0)
     return tuple(ranks)
+
+
+def tucker_decomposition(T: torch.Tensor, ranks: tuple[int, ...] | list[int], *, method: str = "hosvd",
+                         n_iter_max: int = 100, tol: float = 1e-8) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Truncated Tucker decomposition ``T ≈ core ×₁ U1 ×₂ U2 ×₃ U3`` with tensorly (pytorch backend).
+
+    ``method="hosvd"``: truncated HOSVD (leading left singular vectors of each unfolding, no iterations);
+    ``"hooi"``: higher-order orthogonal iteration started from the HOSVD (at most ``n_iter_max`` sweeps).
+    Returns ``(core (r1, r2, r3), [U1 (I1, r1), U2 (I2, r2), U3 (I3, r3)])`` with orthonormal factors.
+    """
+    from tensorly.decomposition import tucker
+
+    T = _check_tensor("T", T)
+    if method not in ("hosvd", "hooi"):
+        raise ValueError(f"method must be 'hosvd' or 'hooi', got method={method!r}")
+    if len(ranks) != T.dim() or any(not 1 <= int(r) <= n for r, n in zip(ranks, T.shape)):
+        raise ValueError(f"ranks must have one entry per mode with 1 <= r_n <= T.shape[n]; got ranks={tuple(ranks)} "
+                         f"for T.shape={tuple(T.shape)}")
+    with tl.backend_context("pytorch"):
+        core, factors = tucker(T, rank=[int(r) for r in ranks], init="svd",
+                               n_iter_max=0 if method == "hosvd" else n_iter_max, tol=tol)
+    return core, list(factors)
+
+
+def hosvd_error_bounds(T: torch.Tensor, ranks: tuple[int, ...] | list[int]) -> tuple[float, float]:
+    """Bounds on the relative error of the best rank-``ranks`` Tucker approximation and of the HOSVD.
+
+    With ``τ_n`` the norm of the singular values of unfolding n beyond ``r_n``:
+    ``max_n τ_n ≤ ‖T − T_best‖ ≤ ‖T − T_HOSVD‖ ≤ sqrt(Σ_n τ_n²)`` (De Lathauwer et al. 2000), so the HOSVD is
+    within a factor sqrt(3) of the best. Returns ``(max_n τ_n, sqrt(Σ τ_n²))`` divided by ``‖T‖``.
+    """
+    spectra = unfolding_spectra(T)
+    if len(ranks) != len(spectra):
+        raise ValueError(f"ranks must have one entry per mode ({len(spectra)}), got ranks={tuple(ranks)}")
+    tau = [float(sv[int(r):].square().sum().sqrt()) for sv, r in zip(spectra, ranks)]
+    norm = float(torch.linalg.vector_norm(T.detach().to(torch.float64)))
+    return max(tau) / norm, math.sqrt(sum(t * t for t in tau)) / norm
 
 
 def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
