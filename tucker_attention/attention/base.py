@@ -78,6 +78,31 @@ class AttentionLayer(nn.Module):
         offset in the key space of ``tucker_factors()``'s U3 (see ``factors.fold_biases``); None without biases."""
         return None
 
+    @torch.no_grad()
+    def initialize(self, *, std: float, out_std: float | None = None) -> None:
+        """Initialize every weight under one rule, whatever the factorization.
+
+        For an input ``x`` of unit variance, every query, key and value entry starts with standard deviation
+        ``std·√d`` and the output with that of one ``N(0, out_std²)`` projection from ``d`` inputs applied to
+        the attention output — exactly what nanoGPT's ``N(0, std²)`` linear maps give MHA (``W^Q, W^K, W^V``
+        at ``std``, ``W^O`` at ``out_std``, e.g. ``std / √(2 n_layer)`` for a residual branch). A factor
+        that maps ``x`` (fan-in ``d``) gets ``N(0, std²)``; every factor after it is variance-preserving
+        (``1/√fan-in``), and the last output factor carries ``out_std`` rescaled to its own fan-in. Each
+        layer applies the rule to its own weights (``_initialize``); biases start at zero.
+
+        Args:
+            std: standard deviation of the input-side factors (> 0).
+            out_std: that of the output projection as MHA's ``W^O`` would have it (> 0); default ``std``.
+        """
+        std = check_float("std", std, low=0.0, high=float("inf"))
+        out_std = std if out_std is None else check_float("out_std", out_std, low=0.0, high=float("inf"))
+        if std == 0.0 or out_std == 0.0:
+            raise ValueError(f"std and out_std must be > 0, got std={std}, out_std={out_std}")
+        self._initialize(std, out_std)
+
+    def _initialize(self, std: float, out_std: float) -> None:
+        raise NotImplementedError
+
     def make_cache(self, batch_size: int, max_len: int, *, dtype: torch.dtype | None = None) -> KVCache:
         """A preallocated cache for ``batch_size`` sequences of up to ``max_len`` tokens.
 

@@ -61,6 +61,13 @@ class GroupedQueryAttention(AttentionLayer):
     def has_rope(self) -> bool:
         return self.rope
 
+    def _initialize(self, std: float, out_std: float) -> None:
+        """W^Q, W^K, W^V ~ N(0, std²), W^O ~ N(0, out_std²), biases 0 (``AttentionLayer.initialize``)."""
+        for lin, s in ((self.q_proj, std), (self.k_proj, std), (self.v_proj, std), (self.o_proj, out_std)):
+            nn.init.normal_(lin.weight, std=s)
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
+
     def cache_spec(self) -> dict[str, tuple[int, int]]:
         return {"k": (self.n_kv_heads, self.head_dim), "v": (self.n_kv_heads, self.head_dim)}
 

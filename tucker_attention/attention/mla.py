@@ -102,6 +102,22 @@ class MultiHeadLatentAttention(AttentionLayer):
     def has_rope(self) -> bool:
         return self.rope is not None
 
+    def _initialize(self, std: float, out_std: float) -> None:
+        """Down-projections of x ~ N(0, std²) (c_q, c_kv start like MHA's q, k, v); up-projections
+        variance-preserving (N(0, 1/latent)), so q_i, k_i, v_i start at std·√d; W^O ~ N(0, out_std²);
+        RMSNorm weights 1 (``AttentionLayer.initialize``)."""
+        ups = [self.q_up, self.k_up, self.v_up] + ([self.q_rope] if self.rope == "decoupled" else [])
+        downs = [self.q_down, self.kv_down] + ([self.v_down] if self.separate_kv else [])
+        downs += [self.k_rope] if self.rope == "decoupled" else []
+        for lin in downs:
+            nn.init.normal_(lin.weight, std=std)
+        for lin in ups:
+            nn.init.normal_(lin.weight, std=1.0 / math.sqrt(lin.in_features))
+        nn.init.normal_(self.o_proj.weight, std=out_std)
+        for norm in (getattr(self, n, None) for n in ("kv_norm", "v_norm", "q_norm")):
+            if norm is not None:
+                norm.reset_parameters()
+
     @property
     def scale(self) -> float:
         """1/sqrt(d_H), or 1/sqrt(d_H + d_R) with decoupled RoPE (DeepSeek-V2)."""

@@ -82,22 +82,31 @@ class TuckerAttention(AttentionLayer):
     def has_rope(self) -> bool:
         return self.rope
 
-    @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Gaussian init with MHA-like activation scales: x U2, x U3, x Ũ3 keep the variance of x; each head's
-        query Q_i = P G_i too; the output sums n_H heads like MHA's W^O."""
+        """Variance-preserving init: ``initialize(std=1/√d)`` (x U2, x U3, x Ũ3, each head's query and the
+        output keep the variance of x)."""
+        self.initialize(std=1.0 / math.sqrt(self.d_model))
+
+    def _initialize(self, std: float, out_std: float) -> None:
+        """The rule of ``AttentionLayer.initialize`` in Tucker form (with unit-variance x):
+
+        - U2, U3, Ũ3 ~ N(0, std²): P = x U2, K = x U3 and V = x Ũ3 start at std·√d, like MHA's x W^Q, x W^K, x W^V;
+        - U1 ~ N(0, 1/r1), 𝒞 ~ N(0, 1/r2): G_i = Σ_a U1[i,a] 𝒞[a] has variance 1/r2, so Q_i = P G_i keeps P's scale;
+        - Ũ1 ~ N(0, 1/r̃1), 𝒞̃ ~ N(0, 1/(n_H r̃3)): Σ_i O_i G̃_iᵀ keeps the scale of the head outputs O_i;
+        - Ũ2 ~ N(0, out_std² d / r̃2): the output has the variance of MHA's concat(O_i) W^O with W^O ~ N(0, out_std²).
+        """
         d, H = self.d_model, self.n_heads
-        r1, r2, r3 = self.ranks
+        r1, r2, _ = self.ranks
         p1, p2, p3 = self.post_ranks
         nn.init.normal_(self.U1, std=1 / math.sqrt(r1))
         nn.init.normal_(self.core, std=1 / math.sqrt(r2))
-        nn.init.normal_(self.U2, std=1 / math.sqrt(d))
-        nn.init.normal_(self.U3, std=1 / math.sqrt(d))
+        nn.init.normal_(self.U2, std=std)
+        nn.init.normal_(self.U3, std=std)
         nn.init.normal_(self.post_U1, std=1 / math.sqrt(p1))
         nn.init.normal_(self.post_core, std=1 / math.sqrt(p3 * H))
-        nn.init.normal_(self.post_U2, std=1 / math.sqrt(p2))
+        nn.init.normal_(self.post_U2, std=out_std * math.sqrt(d / p2))
         if self._post_U3 is not None:
-            nn.init.normal_(self._post_U3, std=1 / math.sqrt(d))
+            nn.init.normal_(self._post_U3, std=std)
         if self.bias:
             nn.init.zeros_(self.q_bias)
             nn.init.zeros_(self.out_bias)

@@ -15,14 +15,10 @@ import math
 import torch
 from torch import nn
 
-from ..attention import AttentionLayer, KVCache, TuckerAttention
+from ..attention import AttentionLayer, KVCache
 from .config import _ModelConfig, build_attention
 
-__all__ = ["MLP", "Block", "init_weights", "RESIDUAL_PROJECTIONS"]
-
-RESIDUAL_PROJECTIONS = ("mlp.c_proj.weight", "attn.o_proj.weight")
-"""Names (suffixes) of the linear maps that write into the residual stream; scaled at init."""
-
+__all__ = ["MLP", "Block", "init_weights"]
 
 class MLP(nn.Module):
     """Position-wise MLP: Linear(d → hidden) → GELU → Linear(hidden → d) → Dropout."""
@@ -64,15 +60,16 @@ class Block(nn.Module):
 
 @torch.no_grad()
 def init_weights(model: nn.Module, n_layer: int, *, std: float = 0.02) -> None:
-    """nanoGPT / GPT-2 initialization.
+    """nanoGPT / GPT-2 initialization, with one rule for every attention method.
 
-    - every ``nn.Linear`` and ``nn.Conv2d`` weight (the attention projections of MHA, GQA, MQA and MLA
-      included) and every ``nn.Embedding``: ``N(0, std²)``; biases 0; LayerNorm: weight 1, bias 0;
-    - residual projections (``mlp.c_proj``, ``attn.o_proj``): ``N(0, (std / sqrt(2 n_layer))²)``, so the
-      residual stream's variance does not grow with depth;
-    - Tucker layers keep their own variance-preserving init (``TuckerAttention.reset_parameters``: a
-      Tucker factor has no fan-in of its own to take a fixed std from), and their residual output factor
-      ``post_U2`` is scaled by the same ``1 / sqrt(2 n_layer)``.
+    - every ``nn.Linear`` / ``nn.Conv2d`` weight and every ``nn.Embedding``: ``N(0, std²)``; biases 0;
+      LayerNorm: weight 1, bias 0;
+    - the MLP's residual projection ``c_proj``: ``N(0, (std / √(2 n_layer))²)``, so the residual stream's
+      variance does not grow with depth;
+    - every attention layer: ``layer.initialize(std=std, out_std=std / √(2 n_layer))`` — its queries, keys
+      and values start at MHA's scale ``std·√d`` and its output like MHA's residual ``W^O``, however the
+      layer factorizes its weights (MHA/GQA: exactly the two lines above; MLA and Tucker: input-side factors
+      ``N(0, std²)``, the others variance-preserving; see ``AttentionLayer.initialize``).
     """
     residual = std / math.sqrt(2 * n_layer)
     for module in model.modules():
@@ -87,12 +84,11 @@ def init_weights(model: nn.Module, n_layer: int, *, std: float = 0.02) -> None:
                 nn.init.ones_(module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-        elif isinstance(module, TuckerAttention):
-            module.reset_parameters()
-            module.post_U2.mul_(1.0 / math.sqrt(2 * n_layer))
-    for name, p in model.named_parameters():
-        if name.endswith(RESIDUAL_PROJECTIONS):
-            nn.init.normal_(p, mean=0.0, std=residual)
+    for module in model.modules():
+        if isinstance(module, MLP):
+            nn.init.normal_(module.c_proj.weight, mean=0.0, std=residual)
+        elif isinstance(module, AttentionLayer):
+            module.initialize(std=std, out_std=residual)
 
 
 def attention_layers(model: nn.Module) -> list[AttentionLayer]:
