@@ -1,4 +1,4 @@
-"""The book's shared helpers (tucker_attention/book.py): device setup, result files, tables, figures, widgets."""
+"""The book's shared helpers (package tucker_attention.book): device, result files, tables, figures, widgets."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_results_dir_found_from_repo_root_and_from_book(tmp_path):
 def test_results_dir_falls_back_to_the_repository(tmp_path):
     got = book.results_dir(tmp_path)
     assert got.parts[-2:] == ("book", "results")
-    assert (got.parent.parent / "tucker_attention" / "book.py").is_file()
+    assert (got.parent.parent / "tucker_attention" / "book" / "__init__.py").is_file()
 
 
 def test_load_results_reads_json_lists_and_jsonl(tmp_path):

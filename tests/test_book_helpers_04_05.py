@@ -10,7 +10,6 @@ import torch  # noqa: E402
 
 import tucker_attention as ta  # noqa: E402
 from tucker_attention import book  # noqa: E402
-from tucker_attention.attention import rope_matrix  # noqa: E402
 from tucker_attention.tensors import unfolding_spectra  # noqa: E402
 
 
@@ -94,28 +93,11 @@ def test_rank_widget_rejects_bad_settings():
         book.rank_widget(method="rnn")
 
 
-def test_rope_relative_scores_matches_rotation_matrices_and_ignores_offset():
-    dim, base = 8, 100.0
-    g = torch.Generator().manual_seed(2)
-    q, k = torch.randn(dim, generator=g, dtype=torch.float64), torch.randn(dim, generator=g, dtype=torch.float64)
-    dist = [0, 1, 5, 17]
-    for offset in (0, 3, 250):
-        got = book.rope_relative_scores(dim, dist, base=base, offset=offset, query=q, key=k)
-        want = torch.stack([(q @ rope_matrix(offset + d, dim, base=base)) @ (k @ rope_matrix(offset, dim, base=base))
-                            for d in dist])
-        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    ones = book.rope_relative_scores(dim, dist, base=base)
-    assert ones[0] == pytest.approx(dim)                         # |1|² at distance 0
-    assert abs(ones[1]) < dim                                    # and smaller once rotated
+def test_book_reexports_the_rope_curve_from_the_rope_module():
+    """The curve is package maths (tested in test_rope_relative_scores.py); chapters reach it through book."""
+    from tucker_attention.attention import rope
 
-
-def test_rope_relative_scores_rejects_bad_input():
-    with pytest.raises(ValueError, match="shape"):
-        book.rope_relative_scores(8, [0, 1], query=torch.ones(6))
-    with pytest.raises(ValueError, match="offset"):
-        book.rope_relative_scores(8, [-3, 0], offset=2)
-    with pytest.raises(ValueError, match="offset"):
-        book.rope_relative_scores(8, [0, 1], offset=-1)
+    assert book.rope_relative_scores is rope.rope_relative_scores
 
 
 def test_rope_widget_default_shows_shift_invariance():

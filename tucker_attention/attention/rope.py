@@ -11,6 +11,8 @@ DeepSeek's complex form) and ``"half"`` rotates (x[j], x[j + D/2]) (GPT-NeoX / H
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 ROPE_STYLES = ("interleaved", "half")
@@ -47,3 +49,28 @@ def rope_matrix(position: int, dim: int, *, base: float = 10000.0, style: str = 
     eye = torch.eye(dim, dtype=dtype)
     cos, sin = rope_angles(torch.tensor([position]), dim, base=base)
     return apply_rope(eye.unsqueeze(-2), cos, sin, style=style).squeeze(-2)
+
+
+def rope_relative_scores(dim: int, distances: Sequence[int] | torch.Tensor, *, base: float = 10000.0, offset: int = 0,
+                         query: torch.Tensor | None = None, key: torch.Tensor | None = None,
+                         style: str = "interleaved") -> torch.Tensor:
+    """RoPE scores against relative distance: ``(q R(offset + Δ)) · (k R(offset))`` for each Δ in ``distances``.
+
+    ``R`` is ``rope_matrix``'s rotation of size ``dim`` (``θ_j = base^(-2j/dim)``); by
+    ``R(m) R(n)ᵀ = R(m − n)`` the result does not depend on ``offset`` (up to round-off in the angles).
+    ``query``/``key``: (dim,) vectors, default all ones (the curve of RoFormer's long-term decay).
+    Returns a float64 tensor (len(distances),). The book's chapter on latent RoPE draws it.
+    """
+    dist = torch.as_tensor(distances, dtype=torch.long).reshape(-1)
+    q = torch.ones(dim, dtype=torch.float64) if query is None else query.detach().to("cpu", torch.float64)
+    k = torch.ones(dim, dtype=torch.float64) if key is None else key.detach().to("cpu", torch.float64)
+    if q.shape != (dim,) or k.shape != (dim,):
+        raise ValueError(f"query and key must have shape (dim,)=({dim},), got {tuple(q.shape)} and {tuple(k.shape)}")
+    lowest = int(dist.min()) if dist.numel() else 0
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0 or lowest + offset < 0:
+        raise ValueError(f"offset must be an int >= 0 with offset + min(distances) >= 0, got offset={offset!r}")
+    cos, sin = rope_angles(offset + dist, dim, base=base)                       # (len, dim/2)
+    q_rot = apply_rope(q.expand(len(dist), dim), cos, sin, style=style)          # q R(offset + Δ): (len, dim)
+    cos0, sin0 = rope_angles(torch.tensor([offset]), dim, base=base)
+    k_rot = apply_rope(k.unsqueeze(0), cos0, sin0, style=style)                 # k R(offset): (1, dim)
+    return q_rot @ k_rot[0]
