@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "OUT/metrics.jsonl, OUT/config.json and OUT/ckpt.pt.",
                        formatter_class=_Formatter)
     t.add_argument("task", choices=("lm", "vit"), help="lm: GPT next-token prediction; vit: ViT classification")
-    t.add_argument("--preset", default="ci", choices=("ci", "gpu", "paper"),
+    t.add_argument("--preset", default="ci", choices=("ci", "book", "gpu", "paper"),
                    help="base model size and training recipe")
     _add_run_options(t)
     g = t.add_argument_group("attention")
@@ -171,8 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(runs already recorded there are skipped unless --rerun) and print the table.",
                        formatter_class=_Formatter)
     s.add_argument("task", choices=("lm", "vit"), help="lm: GPT; vit: ViT")
-    s.add_argument("--preset", required=True, choices=("ci", "gpu", "paper"),
-                   help="ci: 2 CPU cores, ~1 min/run; gpu: one GPU, minutes/run; paper: the paper's sizes")
+    s.add_argument("--preset", required=True, choices=("ci", "book", "gpu", "paper"),
+                   help="ci: 2 CPU cores, ~1 min/run; book (lm): the book's chapter 7, 2 CPU cores, ~1.5 min/run; "
+                   "gpu: one GPU, minutes/run; paper: the paper's sizes")
     s.add_argument("--seeds", type=_positive_int, help="seeds per method (default: the preset's)")
     s.add_argument("--out", help="output folder (default runs/sweep_<task>_<preset>)")
     s.add_argument("--methods", help="comma-separated kinds to keep, e.g. mha,tucker (default: all)")

@@ -12,6 +12,8 @@ the preset for each seed and appends one record per run to ``<out>/records.jsonl
 Presets:
 - ``ci``: 2 CPU cores, under a minute per run: a 2-layer, d=64 model on the stdlib byte corpus / an
   8×8 digits ViT.
+- ``book`` (lm): the book's chapter 7 on 2 CPU cores: a 4-layer, d=128, 8-head GPT on the stdlib byte corpus,
+  MHA, GQA (4, 2), MQA, MLA (32, 16) and four Tucker ranks, 3 seeds.
 - ``gpu``: one GPU, minutes per run: a 6-layer, d=384 model on TinyShakespeare (or ``--data stdlib``
   offline) / a 6-layer ViT on CIFAR-10 (or ``--data digits``).
 - ``paper``: the paper's sizes: GPT-2 small (12 layers, d=768, 12 heads, context 1024) on OpenWebText with
@@ -88,6 +90,26 @@ _GPU_MODEL = {"n_layer": 6, "d_model": 384, "n_heads": 6, "dropout": 0.1}
 _GPU_TRAIN = {"batch_size": 64, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 100, "weight_decay": 0.1,
               "grad_clip": 1.0, "eval_every": 250, "eval_batches": 20, "log_every": 50}
 
+# The book's chapter 7: the smallest GPT whose methods separate clearly on 2 CPU cores (~1-1.5 min a run on one
+# thread). 8 heads so that the head rank can be compressed (r1 = 4 of 8) and GQA has two group counts; Tucker ranks
+# span 16-50% of MHA's attention parameters, one with post ranks != pre ranks. One recipe for every method (the
+# learning rate chosen by the study recorded in book/results/lm_book/lr_study.json).
+_BOOK_LM_MODEL = {"n_layer": 4, "d_model": 128, "n_heads": 8, "block_size": 128, "dropout": 0.0}
+_BOOK_LM_TRAIN = {"steps": 400, "batch_size": 16, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 50,
+                  "weight_decay": 0.1, "grad_clip": 1.0, "eval_every": 100, "eval_batches": 32, "log_every": 10}
+_BOOK_LM_VARIANTS = (
+    AttentionConfig(kind="mha"),
+    AttentionConfig(kind="gqa", n_kv_heads=4),
+    AttentionConfig(kind="gqa", n_kv_heads=2),
+    AttentionConfig(kind="mqa"),
+    AttentionConfig(kind="mla", q_latent=32, kv_latent=32),
+    AttentionConfig(kind="mla", q_latent=16, kv_latent=16),
+    AttentionConfig(kind="tucker", ranks=(8, 32, 32)),
+    AttentionConfig(kind="tucker", ranks=(4, 32, 32)),
+    AttentionConfig(kind="tucker", ranks=(4, 32, 16), post_ranks=(4, 24, 16)),
+    AttentionConfig(kind="tucker", ranks=(4, 16, 16)),
+)
+
 PRESETS: dict[tuple[str, str], Preset] = {
     ("lm", "ci"): Preset(
         name="ci", task="lm", description="2 CPU cores, ~1 min per run: 2 layers, d=64, 4 heads, context 64, "
@@ -101,6 +123,10 @@ PRESETS: dict[tuple[str, str], Preset] = {
         model={**_CI_MODEL, "patch_size": 2, "pool": "mean"},
         train={**_CI_TRAIN, "steps": 1000, "eval_batches": 0, "warmup_steps": 50},
         variants=_variants(64, 2, 16, [(2, 32, 16), (2, 16, 16), (2, 16, 8)]), threads=1),
+    ("lm", "book"): Preset(
+        name="book", task="lm", description="the book's chapter 7 on 2 CPU cores, ~1-1.5 min per run: 4 layers, "
+        "d=128, 8 heads, context 128, stdlib byte corpus", data="stdlib",
+        model=_BOOK_LM_MODEL, train=_BOOK_LM_TRAIN, variants=_BOOK_LM_VARIANTS, seeds=3, threads=1),
     ("lm", "gpu"): Preset(
         name="gpu", task="lm", description="one GPU, minutes per run: 6 layers, d=384, 6 heads, context 256, "
         "TinyShakespeare (use --data stdlib offline)", data="tinyshakespeare",
