@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "capture_rng_state", "load_checkpoint", "load_model",
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "capture_rng_state", "export_attention_weights", "load_checkpoint",
+           "load_model",
            "restore_rng_state", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = 1
@@ -91,3 +92,19 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+def export_attention_weights(ckpt_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *,
+                             dtype: torch.dtype = torch.float32) -> Path:
+    """Save only the attention layers of a trained checkpoint: a small file for analysis (e.g. the spectra of
+    the trained tensors 𝒲, 𝒲̃ in the book's chapter 8).
+
+    The file (``torch.load(path, weights_only=True)``) holds ``{"model_config": dict, "layers": [state_dict of
+    block i's attention layer, ...], "source": str}`` with tensors in ``dtype``; rebuild a layer with
+    ``tucker_attention.attention.build`` (or the model config) and ``load_state_dict``. Written atomically.
+    """
+    model = load_model(ckpt_path)
+    state = load_checkpoint(ckpt_path)
+    layers = [{k: v.detach().to(dtype).clone() for k, v in block.attn.state_dict().items()} for block in model.blocks]
+    return save_checkpoint(out_path, {"model_config": state["model_config"], "layers": layers,
+                                      "source": Path(ckpt_path).parent.name})
