@@ -473,3 +473,280 @@ def from_peer(module: nn.Module) -> AttentionLayer:
     else:
         layer = _PEER_CONVERTERS[kind](module)
     return layer.train(module.training)
+
+
+# ------------------------------------------------------- initializers from a trained layer (paper §7)
+# The paper's transfer protocol starts from a pretrained MHA model and replaces its attention by GQA or MLA
+# initialized from an SVD of the pretrained weights, or by Tucker initialized from the HOSVD of 𝒲 and 𝒲̃.
+# Each initializer below works on the dense tensors (so it is independent of how the source layer happens
+# to factor them), is exact when the target can hold the source, and is the Eckart–Young optimum (best
+# truncated SVD) of the matrices it truncates otherwise. Each returns the new layer; ``conversion_report``
+# measures what was lost.
+COMPRESS_MODEL_METHODS = ("gqa", "mqa", "mla", "tucker")
+
+
+def _dense_view(layer: AttentionLayer) -> tuple[torch.Tensor, torch.Tensor, float, tuple | None]:
+    """(𝒲, 𝒲̃, s, dense biases or None) of a RoPE-free layer, detached."""
+    W, Wt, scale = attention_tensors(layer)
+    biases = attention_biases(layer)
+    if biases is not None:
+        biases = (biases[0].detach(), biases[1].detach())
+    return W.detach(), Wt.detach(), scale, biases
+
+
+def _layer_options(layer: AttentionLayer) -> dict:
+    """Constructor options of ``layer`` that a converted layer keeps."""
+    return {"max_seq_len": layer.max_seq_len, "dropout": layer.dropout, "backend": layer.backend,
+            "rope_base": layer.rope_base, "rope_style": layer.rope_style}
+
+
+def _split_svd(M: torch.Tensor, r: int, c: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rank-``r`` truncated SVD ``M ≈ A Bᵀ`` with the singular values split evenly, ``A = U_r S_r^½ c``,
+    ``B = V_r S_r^½ / c`` (so ``A`` and ``B`` start at comparable scales); also returns all singular values.
+    Columns beyond the rank of ``M`` (r > min(M.shape)) are zero."""
+    U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+    k = min(r, S.shape[0])
+    sq = S[:k].sqrt()
+    A = M.new_zeros(M.shape[0], r)
+    B = M.new_zeros(M.shape[1], r)
+    A[:, :k] = U[:, :k] * sq * c
+    B[:, :k] = Vh[:k].T * sq / c
+    return A, B, S
+
+
+@torch.no_grad()
+def mha_to_gqa(layer: AttentionLayer, n_kv_heads: int) -> GroupedQueryAttention:  # noqa: F821
+    """The ``GroupedQueryAttention`` with ``n_kv_heads`` groups closest to ``layer`` (an MHA, or a GQA with
+    more groups): for each group, the best common key and value projections by SVD.
+
+    Construction (on the dense tensors, paper §2). Group g holds heads ``i ∈ S_g`` (contiguous,
+    ``g(i) = ⌊i n_kv / n_H⌋``, m = n_H / n_kv heads). GQA gives its heads one key ``W^K_g`` (d × d_H), so
+    ``W_i = W^Q_i (W^K_g)ᵀ`` for all ``i ∈ S_g``: the stacked ``M_g = [W_i]_{i∈S_g}`` (m d × d) has rank ≤ d_H.
+    The best such approximation in Frobenius norm is the rank-d_H truncated SVD ``M_g ≈ U S Vᵀ``
+    (Eckart–Young): ``W^K_g ∝ V S^½``, ``W^Q_i ∝ U_i S^½`` (U_i: head i's rows of U). Values alike on
+    ``N_g = [W̃_i]_{i∈S_g}`` (d × m d, ``W̃_i = W^V_i W^O_i``): ``W^V_g ∝ U S^½``, ``W^O_i ∝ S^½ V_iᵀ``. The singular
+    values are split evenly (scaled by m^{±¼}) so queries and keys start at comparable sizes.
+    The error is exactly the discarded singular-value energy, ``‖𝒲 − 𝒲'‖² = Σ_g Σ_{j>d_H} σ_j(M_g)²`` (the same
+    for 𝒲̃), and zero when every group already shares a key/value subspace (``n_kv_heads = n_H`` from MHA).
+
+    This is the weight-space analogue of merging key/value heads by SVD/PCA (cf. Yu et al. 2024,
+    "Effectively compress KV heads for LLM", arXiv:2406.07056, who use the PCA of the cached keys and values);
+    Ainslie et al. 2023 (GQA) initialize by mean-pooling the heads of a group, which is not exact even when the
+    heads agree up to a rotation. Biases (peers' layers): the dense query bias ``β_i`` is projected onto the
+    group's key space (least squares), the key bias cancels, value and output biases fold into the output bias.
+
+    Args:
+        layer: a RoPE-free layer with attention tensors (MHA, GQA, or any layer whose groups fit).
+        n_kv_heads: key/value heads of the result; divides ``n_heads`` (1 = MQA).
+    Returns:
+        ``GroupedQueryAttention(d_model, n_heads, n_kv_heads, bias=<layer has biases>)`` with ``layer``'s
+        dtype, device, options and train/eval mode.
+    """
+    from .attention import GroupedQueryAttention
+    from .attention._checks import check_divisible
+
+    layer = _check_layer(layer)
+    d, H, dH = layer.d_model, layer.n_heads, layer.head_dim
+    n_kv = check_int("n_kv_heads", n_kv_heads, high=H)
+    check_divisible("n_heads", H, "n_kv_heads", n_kv)
+    W, Wt, scale, biases = _dense_view(layer)
+    p = _param(layer)
+    new = GroupedQueryAttention(d, H, n_kv, bias=biases is not None, **_layer_options(layer))
+    new = new.to(device=p.device, dtype=p.dtype).train(layer.training)
+    alpha = scale / new.scale                                          # fold a different score scale into W^Q
+    m = H // n_kv
+    c = m ** 0.25
+    Wq, Wo = W.new_zeros(d, d), W.new_zeros(d, d)
+    Wk, Wv = W.new_zeros(d, n_kv * dH), W.new_zeros(d, n_kv * dH)
+    bq = W.new_zeros(d)
+    for g in range(n_kv):
+        heads = slice(g * m, (g + 1) * m)
+        cols = slice(g * dH, (g + 1) * dH)
+        Q, K, _ = _split_svd(W[heads].reshape(m * d, d), dH, c)        # M_g = [W_i; ...] ≈ Q Kᵀ
+        Wk[:, cols] = K
+        Wq[:, g * m * dH:(g + 1) * m * dH] = (Q.reshape(m, d, dH) * alpha).permute(1, 0, 2).reshape(d, m * dH)
+        N = Wt[heads].transpose(1, 2).permute(1, 0, 2).reshape(d, m * d)   # [W̃_i, ...]: (d_value, m d_out)
+        V, O, _ = _split_svd(N, dH, c)                                 # N_g ≈ V Oᵀ
+        Wv[:, cols] = V
+        Wo[g * m * dH:(g + 1) * m * dH] = O.T.reshape(dH, m, d).permute(1, 0, 2).reshape(m * dH, d)
+        if biases is not None:                                         # β_i ≈ b_i (W^K_g)ᵀ, least squares
+            b = biases[0][heads] @ torch.linalg.pinv(K).T * alpha      # (m, d_H)
+            bq[g * m * dH:(g + 1) * m * dH] = b.reshape(-1)
+    new.q_proj.weight.copy_(Wq.T)
+    new.k_proj.weight.copy_(Wk.T)
+    new.v_proj.weight.copy_(Wv.T)
+    new.o_proj.weight.copy_(Wo.T)
+    if biases is not None:
+        new.q_proj.bias.copy_(bq)
+        new.k_proj.bias.zero_()
+        new.v_proj.bias.zero_()
+        new.o_proj.bias.copy_(biases[1])
+    return new
+
+
+@torch.no_grad()
+def mha_to_mla(layer: AttentionLayer, q_latent: int, kv_latent: int, *, separate_kv: bool = False
+               ) -> MultiHeadLatentAttention:
+    """The ``MultiHeadLatentAttention`` (no RoPE) closest to ``layer`` by truncated SVD of its stacked fused
+    matrices.
+
+    Construction (paper §4, Theorem B.4: MLA is Tucker with ``U2 = W^{DQ}``, ``U3 = W^{DKV}``, ``Ũ2 = I``):
+
+    - query latent ``W^{DQ}`` (d × d_c^Q): the leading left singular vectors of the query unfolding
+      ``𝒲_(2) = [W_1 … W_{n_H}]`` (d × n_H d) — the query directions the heads use, weighted by how much;
+    - key/value latent ``W^{DKV}`` (d × d_c^K): the leading left singular vectors of the stacked key and value
+      unfoldings ``[𝒲_(3), 𝒲̃_(3)]`` (d × 2 n_H d), since one latent serves both (``separate_kv``: one SVD each);
+    - per head, ``G_i = W^{DQ}ᵀ W_i W^{DKV}`` (d_c^Q × d_c^K, rank ≤ d_H) factors exactly as
+      ``W^{UQ}_i (W^{UK}_i)ᵀ`` by its SVD, and ``W^{DKV}ᵀ W̃_i`` (d_c^K × d) as ``W^{UV}_i W^O_i``.
+
+    With ``q_latent = kv_latent = d_model`` the result equals the layer to round-off. With only the key/value
+    latent truncated (``q_latent = d_model``), ``‖𝒲 − 𝒲'‖² + ‖𝒲̃ − 𝒲̃'‖²`` is exactly the discarded energy
+    ``Σ_{j>d_c^K} σ_j([𝒲_(3), 𝒲̃_(3)])²``; truncating both latents is a truncated HOSVD of modes 2 and 3 with
+    the head mode kept whole (error at most the root of the summed discarded energies).
+    MLA has no biases: a layer with biases raises ``ValueError`` (convert it to Tucker or GQA instead).
+    """
+    layer = _check_layer(layer)
+    d, H, dH = layer.d_model, layer.n_heads, layer.head_dim
+    qL = check_int("q_latent", q_latent, high=d, high_name="d_model")
+    kL = check_int("kv_latent", kv_latent, high=d, high_name="d_model")
+    if not isinstance(separate_kv, bool):
+        raise TypeError(f"separate_kv must be a bool, got separate_kv={separate_kv!r}")
+    W, Wt, scale, biases = _dense_view(layer)
+    if biases is not None:
+        raise ValueError(f"mha_to_mla: {type(layer).__name__} has biases, which MultiHeadLatentAttention cannot "
+                         "hold; use mha_to_gqa or compress (Tucker), which fold them exactly")
+    p = _param(layer)
+    new = MultiHeadLatentAttention(d, H, qL, kL, separate_kv=separate_kv, **_layer_options(layer))
+    new = new.to(device=p.device, dtype=p.dtype).train(layer.training)
+    alpha = scale / new.scale
+
+    def left(M: torch.Tensor, r: int) -> torch.Tensor:
+        return torch.linalg.svd(M, full_matrices=False).U[:, :r]
+
+    Uq = left(unfold(W, 2), qL)                                        # (d, dcQ)
+    if separate_kv:
+        Uk, Uv = left(unfold(W, 3), kL), left(unfold(Wt, 3), kL)
+    else:
+        Uk = Uv = left(torch.cat((unfold(W, 3), unfold(Wt, 3)), dim=1), kL)
+    G = Uq.T @ W @ Uk                                                  # (H, dcQ, dcK)
+    Gt = Uv.T @ Wt.transpose(1, 2)                                     # (H, dcK, d): W^DKVᵀ W̃_i
+    WUQ, WUK, WUV = W.new_zeros(qL, d), W.new_zeros(kL, d), W.new_zeros(kL, d)
+    WO = W.new_zeros(d, d)
+    for i in range(H):
+        cols = slice(i * dH, (i + 1) * dH)
+        A, B, _ = _split_svd(G[i], dH, 1.0)                            # G_i = W^UQ_i (W^UK_i)ᵀ
+        WUQ[:, cols], WUK[:, cols] = A * alpha, B
+        C, D, _ = _split_svd(Gt[i], dH, 1.0)                           # W^DKVᵀ W̃_i = W^UV_i W^O_i
+        WUV[:, cols], WO[cols] = C, D.T
+    new.q_down.weight.copy_(Uq.T)
+    new.kv_down.weight.copy_(Uk.T)
+    if separate_kv:
+        new.v_down.weight.copy_(Uv.T)
+    new.q_up.weight.copy_(WUQ.T)
+    new.k_up.weight.copy_(WUK.T)
+    new.v_up.weight.copy_(WUV.T)
+    new.o_proj.weight.copy_(WO.T)
+    return new
+
+
+def conversion_report(source: AttentionLayer, converted: AttentionLayer) -> dict:
+    """What a conversion kept: relative errors of the scaled pre-softmax tensor ``s𝒲`` and of ``𝒲̃`` (float64),
+    and the parameters and KV cache per token of both layers."""
+    from .tensors import relative_error
+
+    W0, Wt0, s0 = attention_tensors(source)
+    W1, Wt1, s1 = attention_tensors(converted)
+    return {"rel_error_W": relative_error(W1.double() * s1, W0.double() * s0),
+            "rel_error_W_tilde": relative_error(Wt1, Wt0),
+            "params_before": sum(p.numel() for p in source.parameters()),
+            "params_after": sum(p.numel() for p in converted.parameters()),
+            "kv_cache_before": source.kv_cache_per_token(), "kv_cache_after": converted.kv_cache_per_token()}
+
+
+def convert_layer(layer: AttentionLayer, method: str, *, decomposition: str = "hosvd", **sizes
+                  ) -> AttentionLayer:
+    """``layer`` converted to ``method`` at ``sizes`` by this module's initializers.
+
+    - "gqa": ``mha_to_gqa(layer, n_kv_heads)``; "mqa": the same with one group;
+    - "mla": ``mha_to_mla(layer, q_latent, kv_latent, separate_kv=False)``;
+    - "tucker": ``compress(layer, ranks, post_ranks, shared_kv=False, method=decomposition)`` — truncated HOSVD
+      (``decomposition="hosvd"``) or HOOI started from it (``"hooi"``).
+    """
+    allowed = {"gqa": {"n_kv_heads"}, "mqa": set(), "mla": {"q_latent", "kv_latent", "separate_kv"},
+               "tucker": {"ranks", "post_ranks", "shared_kv"}}
+    if method not in allowed:
+        raise ValueError(f"method must be one of {COMPRESS_MODEL_METHODS}, got method={method!r}")
+    unknown = set(sizes) - allowed[method]
+    if unknown:
+        raise ValueError(f"method={method!r} takes sizes {sorted(allowed[method]) or 'none'}, got "
+                         f"{', '.join(f'{k}={sizes[k]!r}' for k in sorted(unknown))}")
+    if decomposition not in COMPRESS_METHODS:
+        raise ValueError(f"decomposition must be one of {COMPRESS_METHODS}, got decomposition={decomposition!r}")
+    required = {"gqa": ("n_kv_heads",), "mla": ("q_latent", "kv_latent"), "tucker": ("ranks",)}[method] \
+        if method != "mqa" else ()
+    missing = [k for k in required if sizes.get(k) is None]
+    if missing:
+        raise ValueError(f"method={method!r} needs {', '.join(missing)}")
+    if method == "gqa":
+        return mha_to_gqa(layer, sizes["n_kv_heads"])
+    if method == "mqa":
+        return mha_to_gqa(layer, 1)
+    if method == "mla":
+        return mha_to_mla(layer, sizes["q_latent"], sizes["kv_latent"], separate_kv=sizes.get("separate_kv", False))
+    return compress(layer, sizes["ranks"], sizes.get("post_ranks"), method=decomposition,
+                    shared_kv=sizes.get("shared_kv", False))
+
+
+_SIZE_FIELDS = {"n_kv_heads": None, "q_latent": None, "kv_latent": None, "separate_kv": False, "rope_dim": None,
+                "ranks": None, "post_ranks": None, "shared_kv": False}
+
+
+def _converted_attention_config(cfg: object, method: str, sizes: dict) -> object:
+    """A model config's attention config (any class with ``to_dict``/``from_dict``) for the converted layers."""
+    d = cfg.to_dict()
+    key = "method" if "method" in d else "kind"
+    d[key] = method
+    d.update({k: v for k, v in _SIZE_FIELDS.items() if k in d})
+    d.update({k: (list(v) if isinstance(v, tuple) else v) for k, v in sizes.items() if v is not None})
+    return type(cfg).from_dict(d)
+
+
+@torch.no_grad()
+def compress_model(model: nn.Module, method: str, *, decomposition: str = "hosvd", **sizes
+                   ) -> tuple[nn.Module, list[dict]]:
+    """A copy of ``model`` with every attention layer converted to ``method`` (see ``convert_layer``), and a
+    per-layer report.
+
+    Args:
+        model: any module holding this package's attention layers (e.g. our GPT or ViT); the original is left
+            untouched (the result is a deep copy). A model with a ``config.attention`` (our GPT/ViT) gets it
+            updated, so the new model can be saved and rebuilt from its config.
+        method: "gqa" | "mqa" | "mla" | "tucker". sizes: that method's sizes (``n_kv_heads``; ``q_latent``,
+            ``kv_latent``, ``separate_kv``; ``ranks``, ``post_ranks``, ``shared_kv``).
+        decomposition: Tucker only: "hosvd" (the paper's initialization) or "hooi".
+    Returns:
+        ``(new_model, report)``: report has one dict per layer — ``layer`` (module name), ``rel_error_W``,
+        ``rel_error_W_tilde``, ``params_before``, ``params_after``, ``kv_cache_before``, ``kv_cache_after``
+        (``conversion_report``).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    new_model = copy.deepcopy(model)
+    targets = [(name, m) for name, m in new_model.named_modules() if isinstance(m, AttentionLayer)]
+    if not targets:
+        raise ValueError(f"compress_model: {type(model).__name__} holds no tucker_attention layers; convert a "
+                         "peer's attention modules with from_peer first")
+    report = []
+    for name, layer in targets:
+        new = convert_layer(layer, method, decomposition=decomposition, **sizes)
+        report.append({"layer": name, **conversion_report(layer, new)})
+        parent_name, _, child = name.rpartition(".")
+        setattr(new_model.get_submodule(parent_name) if parent_name else new_model, child, new)
+    cfg = getattr(new_model, "config", None)
+    if cfg is not None and hasattr(getattr(cfg, "attention", None), "to_dict"):
+        cfg.attention = _converted_attention_config(cfg.attention, method, sizes)
+    return new_model, report
+
+
+__all__ += ["COMPRESS_MODEL_METHODS", "mha_to_gqa", "mha_to_mla", "conversion_report", "convert_layer",
+            "compress_model"]

@@ -1,0 +1,227 @@
+"""Initializers from a trained layer (paper §7's transfer protocol): GQA and MLA by SVD, Tucker by HOSVD;
+whole-model conversion. Checked in float64 against dense tensors built here by explicit per-head loops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference import randomize, rel
+
+from tucker_attention import GroupedQueryAttention, MultiHeadAttention, MultiHeadLatentAttention, TuckerAttention
+from tucker_attention.convert import compress, compress_model, conversion_report, convert_layer, mha_to_gqa, mha_to_mla
+
+TOL = 1e-10
+D, H = 24, 4
+DH = D // H
+
+
+def _fused(layer):
+    """Per head W_i = W^Q_i (W^K_i)ᵀ and W̃_i = W^V_i W^O_i of an MHA/GQA layer, by explicit loops (float64)."""
+    Wq, Wk = layer.q_proj.weight.T.detach(), layer.k_proj.weight.T.detach()
+    Wv, Wo = layer.v_proj.weight.T.detach(), layer.o_proj.weight.T.detach()
+    n_kv = layer.n_kv_heads
+    pre, post = [], []
+    for i in range(layer.n_heads):
+        g = i * n_kv // layer.n_heads
+        h, gk = slice(i * DH, (i + 1) * DH), slice(g * DH, (g + 1) * DH)
+        pre.append(Wq[:, h] @ Wk[:, gk].T)
+        post.append(Wv[:, gk] @ Wo[h])
+    return torch.stack(pre), torch.stack(post)                        # (H, d, d) each, post as W̃_i (value, out)
+
+
+def _dense_of_mla(m):
+    """W_i and W̃_i of an MLA layer (no RoPE) from its weights, by explicit loops."""
+    Wdq, Wdkv = m.q_down.weight.T.detach(), m.kv_down.weight.T.detach()
+    Wuq, Wuk, Wuv = m.q_up.weight.T.detach(), m.k_up.weight.T.detach(), m.v_up.weight.T.detach()
+    Wo = m.o_proj.weight.T.detach()
+    Wdv = m.v_down.weight.T.detach() if m.separate_kv else Wdkv
+    pre, post = [], []
+    for i in range(m.n_heads):
+        h = slice(i * DH, (i + 1) * DH)
+        pre.append(Wdq @ Wuq[:, h] @ Wuk[:, h].T @ Wdkv.T)
+        post.append(Wdv @ Wuv[:, h] @ Wo[h])
+    return torch.stack(pre), torch.stack(post)
+
+
+def _tail(M, r):
+    """Discarded energy Σ_{j>r} σ_j(M)²."""
+    s = torch.linalg.svdvals(M)
+    return float(s[r:].square().sum())
+
+
+def _mha(bias=False, seed=0):
+    return randomize(MultiHeadAttention(D, H, bias=bias), seed=seed)
+
+
+# ------------------------------------------------------------------------------ exact at full rank
+@pytest.mark.parametrize("bias", [False, True])
+def test_full_rank_conversions_are_exact(bias):
+    layer = _mha(bias)
+    x = torch.randn(2, 9, D, dtype=torch.float64)
+    ref = layer(x)
+    converted = [mha_to_gqa(layer, H), compress(layer, (H, D, D))]
+    if not bias:
+        converted += [mha_to_mla(layer, D, D), mha_to_mla(layer, D, D, separate_kv=True)]
+    for new in converted:
+        assert rel(new(x), ref) < TOL, type(new).__name__
+        assert rel(new(x, causal=True), layer(x, causal=True)) < TOL
+        r = conversion_report(layer, new)
+        assert r["rel_error_W"] < TOL and r["rel_error_W_tilde"] < TOL
+        assert next(new.parameters()).dtype == torch.float64 and not new.training
+
+
+def test_gqa_to_coarser_gqa_is_exact_when_groups_already_share():
+    """A GQA with 2 groups converted to 2 groups (and an MQA to 1) is exact: each group's stack has rank d_H."""
+    x = torch.randn(1, 7, D, dtype=torch.float64)
+    for n_kv in (2, 1):
+        layer = randomize(GroupedQueryAttention(D, H, n_kv, bias=True))
+        assert rel(mha_to_gqa(layer, n_kv)(x), layer(x)) < TOL
+
+
+def test_mla_round_trip_is_exact():
+    """An MLA converted to an MLA of the same latents reproduces it (its tensors have those multilinear ranks)."""
+    layer = randomize(MultiHeadLatentAttention(D, H, 10, 8))
+    x = torch.randn(1, 6, D, dtype=torch.float64)
+    assert rel(mha_to_mla(layer, 10, 8)(x), layer(x)) < TOL
+
+
+# --------------------------------------------------------------- truncation: the discarded energy
+def test_gqa_error_is_the_discarded_group_energy():
+    layer = _mha()
+    W, Wt = _fused(layer)
+    for n_kv in (2, 1):
+        new = mha_to_gqa(layer, n_kv)
+        W1, Wt1 = _fused(new)
+        m = H // n_kv
+        tail_pre = sum(_tail(W[g * m:(g + 1) * m].reshape(m * D, D), DH) for g in range(n_kv))
+        tail_post = sum(_tail(torch.cat(list(Wt[g * m:(g + 1) * m]), dim=1), DH) for g in range(n_kv))
+        assert (W1 - W).square().sum().item() == pytest.approx(tail_pre, rel=1e-9)
+        assert (Wt1 - Wt).square().sum().item() == pytest.approx(tail_post, rel=1e-9)
+        assert tail_pre > 1e-3                                          # a real truncation
+        r = conversion_report(layer, new)
+        assert r["rel_error_W"] == pytest.approx((tail_pre / W.square().sum().item()) ** 0.5, rel=1e-9)
+
+
+def test_gqa_beats_mean_pooling():
+    """Eckart–Young: the SVD initializer's error is below GQA's mean-pooling of key/value heads (Ainslie et al.)."""
+    layer = _mha(seed=3)
+    W, _ = _fused(layer)
+    svd = (_fused(mha_to_gqa(layer, 2))[0] - W).norm()
+    pooled = randomize(GroupedQueryAttention(D, H, 2))
+    with torch.no_grad():
+        pooled.q_proj.weight.copy_(layer.q_proj.weight)
+        k = layer.k_proj.weight.view(2, 2, DH, D).mean(1).reshape(2 * DH, D)
+        pooled.k_proj.weight.copy_(k)
+    assert svd < (_fused(pooled)[0] - W).norm()
+
+
+def test_mla_kv_truncation_error_is_the_discarded_energy():
+    """q_latent = d: the squared errors of 𝒲 and 𝒲̃ together are the tail of the stacked key/value unfolding."""
+    layer = _mha(seed=1)
+    W, Wt = _fused(layer)
+    for kv in (12, 6):
+        new = mha_to_mla(layer, D, kv)
+        W1, Wt1 = _dense_of_mla(new)
+        stacked = torch.cat([W[i].T for i in range(H)] + [Wt[i] for i in range(H)], dim=1)   # (d, 2 H d)
+        err = (W1 - W).square().sum() + (Wt1 - Wt).square().sum()
+        assert err.item() == pytest.approx(_tail(stacked, kv), rel=1e-9)
+
+
+def test_mla_truncating_both_latents_is_within_the_hosvd_bound():
+    layer = _mha(seed=2)
+    W, Wt = _fused(layer)
+    new = mha_to_mla(layer, 12, 12, separate_kv=True)
+    W1, _ = _dense_of_mla(new)
+    query = torch.cat(list(W), dim=1)                                 # (d, H d): query unfolding
+    key = torch.cat([W[i].T for i in range(H)], dim=1)                # (d, H d): key unfolding
+    err = (W1 - W).square().sum().item()
+    assert max(_tail(query, 12), _tail(key, 12)) <= err <= _tail(query, 12) + _tail(key, 12) + 1e-12
+
+
+def test_tucker_single_mode_truncation_is_the_discarded_energy():
+    """HOSVD truncating only the key mode: the error of 𝒲 is the tail of its key unfolding."""
+    layer = _mha(seed=4)
+    W, _ = _fused(layer)
+    new = compress(layer, (H, D, 10), (H, D, D))
+    key = torch.cat([W[i].T for i in range(H)], dim=1)
+    r = conversion_report(layer, new)
+    assert r["rel_error_W"] ** 2 == pytest.approx(_tail(key, 10) / W.square().sum().item(), rel=1e-9)
+    assert r["rel_error_W_tilde"] < TOL
+
+
+def test_gqa_bias_is_projected_onto_the_group_key_space():
+    layer = _mha(bias=True, seed=5)
+    new = mha_to_gqa(layer, 2)
+    beta = torch.stack([layer.q_proj.bias[i * DH:(i + 1) * DH] @ layer.k_proj.weight[i * DH:(i + 1) * DH]
+                        for i in range(H)]).detach()                  # β_i = b^Q_i (W^K_i)ᵀ: (H, d)
+    for i in range(H):
+        g = i // 2
+        K = new.k_proj.weight[g * DH:(g + 1) * DH].T.detach()          # (d, d_H)
+        P = K @ torch.linalg.pinv(K)                                  # projection onto span(W^K_g)
+        got = new.q_proj.bias[i * DH:(i + 1) * DH].detach() @ K.T
+        assert rel(got, beta[i] @ P) < 1e-9
+    assert rel(new.o_proj.bias, layer.v_proj.bias @ layer.o_proj.weight.T + layer.o_proj.bias) < TOL
+
+
+# ------------------------------------------------------------------------------ errors
+def test_initializer_errors():
+    layer = _mha()
+    with pytest.raises(ValueError, match="n_kv_heads"):
+        mha_to_gqa(layer, 3)
+    with pytest.raises(ValueError, match="q_latent"):
+        mha_to_mla(layer, D + 1, 4)
+    with pytest.raises(ValueError, match="biases"):
+        mha_to_mla(_mha(bias=True), 8, 8)
+    with pytest.raises(ValueError, match="RoPE"):
+        mha_to_gqa(MultiHeadAttention(D, H, rope=True), 2)
+    with pytest.raises(ValueError, match="method must be one of"):
+        convert_layer(layer, "mha")
+    with pytest.raises(ValueError, match="needs ranks"):
+        convert_layer(layer, "tucker")
+    with pytest.raises(ValueError, match="takes sizes"):
+        convert_layer(layer, "gqa", n_kv_heads=2, ranks=(1, 2, 3))
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        compress_model("model", "mqa")
+    with pytest.raises(ValueError, match="no tucker_attention layers"):
+        compress_model(torch.nn.Linear(3, 3), "mqa")
+
+
+# ------------------------------------------------------------------------------ whole models
+def _vit():
+    from tucker_attention.models import ViT, ViTConfig
+
+    torch.manual_seed(0)
+    return ViT(config=ViTConfig(image_size=8, patch_size=2, n_layer=2, d_model=D, n_heads=H)).double().eval()
+
+
+@pytest.mark.parametrize(("method", "sizes"), [("gqa", {"n_kv_heads": 2}), ("mqa", {}),
+                                               ("mla", {"q_latent": 12, "kv_latent": 8}),
+                                               ("tucker", {"ranks": (2, 12, 8)}),
+                                               ("tucker", {"ranks": (H, D, D), "shared_kv": False})])
+def test_compress_model_replaces_every_layer_and_updates_the_config(method, sizes):
+    from tucker_attention.models import ViT, attention_layers
+
+    model = _vit()
+    new, report = compress_model(model, method, **sizes)
+    assert [r["layer"] for r in report] == ["blocks.0.attn", "blocks.1.attn"]
+    assert all(isinstance(m, MultiHeadAttention) for m in attention_layers(model))   # original untouched
+    assert new.attention_params() == sum(r["params_after"] for r in report)
+    assert model.attention_params() == sum(r["params_before"] for r in report)
+    rebuilt = ViT(config=new.config).double()                          # the config describes the new layers
+    rebuilt.load_state_dict(new.state_dict())
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    assert rel(rebuilt.eval()(x)[0], new(x)[0]) < TOL
+    layer_type = {"gqa": GroupedQueryAttention, "mqa": GroupedQueryAttention, "mla": MultiHeadLatentAttention,
+                  "tucker": TuckerAttention}[method]
+    assert all(type(m) is layer_type for m in attention_layers(new))
+    if sizes.get("ranks") == (H, D, D):
+        assert rel(new(x)[0], model(x)[0]) < TOL
+        assert max(r["rel_error_W"] for r in report) < TOL
+
+
+def test_compress_model_hooi_is_no_worse_than_hosvd():
+    model = _vit()
+    _, hosvd = compress_model(model, "tucker", ranks=(2, 8, 8))
+    _, hooi = compress_model(model, "tucker", ranks=(2, 8, 8), decomposition="hooi")
+    for a, b in zip(hosvd, hooi):
+        assert b["rel_error_W"] <= a["rel_error_W"] + 1e-12
