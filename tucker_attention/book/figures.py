@@ -7,7 +7,9 @@ colour across the book (``METHOD_COLORS``), the three modes of a tensor another 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -291,3 +293,197 @@ def plot_layer_spectra(ax, layer: torch.nn.Module, *, rtol: float = 1e-10, title
                            label_prefix=_WT_TEX + " ")
     ax.set_title(f"{title}\n{_W_TEX} {ranks.ranks}, {_WT_TEX} {ranks.post_ranks}".strip(), fontsize=9)
     return ranks
+
+
+# ------------------------------------------------------------------ diagrams (introduction, chapter 03)
+def _box(ax, x, y, w, h, label, *, color, fontsize=11, text_color="k", alpha=0.9, lw=1.2):
+    """A rectangle with its lower-left corner at (x, y) and ``label`` in its middle."""
+    from matplotlib.patches import Rectangle
+
+    ax.add_patch(Rectangle((x, y), w, h, facecolor=color, edgecolor="0.2", lw=lw, alpha=alpha))
+    if label:
+        ax.text(x + w / 2, y + h / 2, label, ha="center", va="center", fontsize=fontsize, color=text_color)
+
+
+def _cuboid(ax, x, y, w, h, depth, label, *, color, fontsize=12, skew=(0.55, 0.45)):
+    """A box in oblique projection: front face w x h at (x, y), ``depth`` drawn up and to the right."""
+    from matplotlib.patches import Polygon
+
+    dx, dy = skew[0] * depth, skew[1] * depth
+    faces = ([(x, y + h), (x + dx, y + h + dy), (x + w + dx, y + h + dy), (x + w, y + h)],       # top
+             [(x + w, y), (x + w + dx, y + dy), (x + w + dx, y + h + dy), (x + w, y + h)])       # side
+    for shade, face in zip((0.78, 0.62), faces):
+        ax.add_patch(Polygon(face, closed=True, facecolor=color, edgecolor="0.2", lw=1.0, alpha=shade))
+    _box(ax, x, y, w, h, label, color=color, fontsize=fontsize)
+    return dx, dy
+
+
+def tucker_schematic(ax=None, *, n_heads: int = 6, d: int = 10, ranks: Sequence[int] = (2, 5, 3)):
+    """The Tucker decomposition of an attention tensor, drawn to scale: 𝒲 = 𝒞 ×₁ U₁ ×₂ U₂ ×₃ U₃.
+
+    Left, the dense tensor 𝒲 (n_H × d × d: head, query and key modes); right, the small core 𝒞
+    (r₁ × r₂ × r₃) with one factor per mode: U₂ (d × r₂) on the query side, U₃ᵀ (r₃ × d) on the key side,
+    and U₁ (n_H × r₁) along the head (depth) axis. Box sizes are proportional to ``n_heads``, ``d`` and
+    ``ranks`` (small schematic values by default). Draws into ``ax`` (default: a new 8 × 3.4 in figure)
+    and returns the ``Axes``. Raises ``ValueError`` unless 1 <= r₁ <= n_heads and 1 <= r₂, r₃ <= d.
+    """
+    import matplotlib.pyplot as plt
+
+    r1, r2, r3 = (int(r) for r in ranks)
+    if not (1 <= r1 <= n_heads and 1 <= r2 <= d and 1 <= r3 <= d):
+        raise ValueError(f"ranks must satisfy 1 <= r1 <= n_heads={n_heads} and 1 <= r2, r3 <= d={d}, "
+                         f"got ranks={tuple(ranks)}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 3.4), layout="constrained")
+    u = 1.0                                                   # drawing units per index
+    # dense tensor: rows = query (d), columns = key (d), depth = heads (n_H)
+    dx, dy = _cuboid(ax, 0, 0, d * u, d * u, n_heads * u, r"$\mathcal{W}$", color="#c9d7ee", fontsize=16)
+    ax.text(d * u / 2, -0.9, f"key  (d = {d})", ha="center", va="top", fontsize=10)
+    ax.text(-0.7, d * u / 2, f"query  (d = {d})", ha="right", va="center", rotation=90, fontsize=10)
+    ax.text(d * u + dx / 2 + 1.4, d * u + dy / 2, f"head\n($n_H$ = {n_heads})", ha="left", va="center",
+            fontsize=10)
+    x0 = d * u + dx + 4.8
+    ax.text(x0 - 1.8, d * u / 2, "=", ha="center", va="center", fontsize=22)
+    # U2 (d x r2), core (r2 x r3, depth r1), U3^T (r3 x d), U1 along the depth axis
+    _box(ax, x0, 0, r2 * u, d * u, r"$U_2$", color="#f4c27a", fontsize=13)
+    ax.text(x0 + r2 * u / 2, -0.9, f"$r_2$ = {r2}", ha="center", va="top", fontsize=10)
+    cx, cy = x0 + r2 * u + 0.9, (d - r2) * u / 2
+    cdx, cdy = _cuboid(ax, cx, cy, r3 * u, r2 * u, r1 * u, r"$\mathcal{C}$", color="#b9dfb0", fontsize=14)
+    ax.text(cx + r3 * u / 2, cy - 0.9, f"$r_3$ = {r3}", ha="center", va="top", fontsize=10)
+    ux = cx + r3 * u + cdx + 0.9
+    _box(ax, ux, cy + (r2 - r3) * u / 2, d * u, r3 * u, r"$U_3^\top$", color="#e9a3a3", fontsize=13)
+    ax.text(ux + d * u / 2, cy + (r2 - r3) * u / 2 - 0.9, f"d = {d}", ha="center", va="top", fontsize=10)
+    # U1: n_H x r1, drawn above the core, its long side along the head (depth) direction
+    from matplotlib.patches import Polygon
+
+    bx, by = cx + cdx + 0.3, cy + r2 * u + cdy + 1.2
+    sx, sy = 0.55 * n_heads * u, 0.45 * n_heads * u
+    ax.add_patch(Polygon([(bx, by), (bx + sx, by + sy), (bx + sx + r1 * u, by + sy), (bx + r1 * u, by)],
+                         closed=True, facecolor="#cdb4e6", edgecolor="0.2", lw=1.0))
+    ax.text(bx + r1 * u + sx / 2 + 0.5, by + sy / 2, rf"$U_1$  ($n_H \times r_1$, $r_1$ = {r1})", ha="left",
+            va="center", fontsize=11)
+    ax.annotate("", (cx + cdx / 2 + r3 * u / 2, cy + r2 * u + cdy / 2), (bx + sx / 2, by),
+                arrowprops=dict(arrowstyle="->", color="0.3", lw=1.0))
+    ax.set_aspect("equal")
+    ax.set_xlim(-2.6, ux + d * u + 0.6)
+    ax.set_ylim(-2.2, max(d * u + dy, by + sy) + 0.8)
+    ax.axis("off")
+    return ax
+
+
+def layer_dataflow(ax=None):
+    """One Tucker Attention layer as data flow: X → U₂ → G_i per head; K = XU₃ and V = XŨ₃ shared; → Ũ₂.
+
+    Boxes are tensors with their shapes (N tokens), arrows the products of the paper's forward pass: the
+    queries go through the shared factor U₂ and then each head's core G_i (n_H of them), the single key
+    K = X U₃ and the single value V = X Ũ₃ are shared by all heads (multi-query attention of head size r₃),
+    and each head's output O_i goes back through G̃_iᵀ, summed over heads, and Ũ₂ᵀ. Draws into ``ax``
+    (default: a new 8 × 3.6 in figure) and returns the ``Axes``.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 3.6), layout="constrained")
+    tensor, shared, head, op = "#dfe7f3", "#e9a3a3", "#b9dfb0", "#f6f6f6"
+    h = 1.0
+
+    def arrow(x0, y0, x1, y1, label=None, dy=0.18):
+        ax.annotate("", (x1, y1), (x0, y0), arrowprops=dict(arrowstyle="-|>", color="0.25", lw=1.1,
+                                                            shrinkA=0, shrinkB=0))
+        if label:
+            ax.text((x0 + x1) / 2, (y0 + y1) / 2 + dy, label, ha="center", va="bottom", fontsize=10)
+
+    _box(ax, 0, 1.5, 1.4, h, "$X$\n$N\\times d$", color=tensor, fontsize=10)
+    # query row: X -> P = X U2 -> Q_i = P G_i (stacked heads)
+    arrow(1.4, 2.3, 3.0, 3.6, r"$U_2$")
+    _box(ax, 3.0, 3.1, 1.5, h, "$P = XU_2$\n$N\\times r_2$", color=tensor, fontsize=10)
+    for k in (2, 1, 0):
+        _box(ax, 5.8 + 0.12 * k, 3.1 + 0.12 * k, 1.5, h, "" if k else "$Q_i = PG_i$\n$N\\times r_3$",
+             color=head, fontsize=10)
+    arrow(4.5, 3.6, 5.8, 3.6, r"$G_i$")
+    ax.text(6.65, 4.45, "one per head ($i = 1..n_H$)", ha="center", va="bottom", fontsize=9)
+    # key and value rows: shared by all heads
+    arrow(1.4, 2.0, 5.8, 2.0, r"$U_3$")
+    _box(ax, 5.8, 1.5, 1.5, h, "$K = XU_3$\n$N\\times r_3$", color=shared, fontsize=10)
+    arrow(1.4, 1.7, 5.8, 0.4, r"$\tilde U_3$", dy=-0.55)
+    _box(ax, 5.8, -0.1, 1.5, h, "$V = X\\tilde U_3$\n$N\\times \\tilde r_3$", color=shared, fontsize=10)
+    ax.text(6.55, -0.3, "shared by all heads", ha="center", va="top", fontsize=9)
+    # attention (MQA) -> O_i -> output
+    _box(ax, 8.3, 1.1, 2.3, 1.8, "softmax\nattention\n(multi-query)", color=op, fontsize=10)
+    for y0 in (3.6, 2.0, 0.4):
+        arrow(7.55 if y0 != 2.0 else 7.3, y0, 8.3, 2.0 + (y0 - 2.0) * 0.35)
+    arrow(10.6, 2.0, 11.3, 2.0)
+    for k in (2, 1, 0):
+        _box(ax, 11.3 + 0.12 * k, 1.5 + 0.12 * k, 1.5, h, "" if k else "$O_i$\n$N\\times \\tilde r_3$",
+             color=head, fontsize=10)
+    arrow(13.05, 2.0, 14.7, 2.0, r"$\sum_i \tilde G_i^\top$")
+    arrow(14.7, 2.0, 16.0, 2.0, r"$\tilde U_2^\top$")
+    _box(ax, 16.0, 1.5, 1.4, h, "out\n$N\\times d$", color=tensor, fontsize=10)
+    ax.set_xlim(-0.2, 17.6)
+    ax.set_ylim(-0.8, 4.9)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    return ax
+
+
+def small_text(fig, *, column_px: float = 720.0, min_px: float = 9.0) -> list[tuple[str, float]]:
+    """Texts of ``fig`` smaller than ``min_px`` pixels when the figure is shown ``column_px`` pixels wide.
+
+    The site scales a figure to the width of its text column, so a font of ``s`` points appears as
+    ``s * column_px / (72 * figure width in inches)`` pixels (never enlarged beyond its natural size).
+    Returns ``[(text, pixels), ...]``; empty when everything is readable.
+    """
+    width_in = fig.get_size_inches()[0]
+    scale = min(1.0, column_px / (fig.dpi * width_in)) * fig.dpi / 72   # pixels per point on the page
+    out = []
+    for t in fig.findobj(lambda a: hasattr(a, "get_fontsize") and hasattr(a, "get_text")):
+        if t.get_text().strip() and t.get_visible():
+            px = t.get_fontsize() * scale
+            if px < min_px:
+                out.append((t.get_text(), round(px, 1)))
+    return out
+
+
+def overlapping_text(fig) -> list[tuple[str, str]]:
+    """Pairs of visible, non-empty texts of ``fig`` whose drawn bounding boxes overlap (after a draw)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [t for t in fig.findobj(lambda a: hasattr(a, "get_window_extent") and hasattr(a, "get_text"))
+             if t.get_visible() and t.get_text().strip() and t.get_figure() is not None]
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
+    pairs = []
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            (a, ba), (b, bb) = boxes[i], boxes[j]
+            if ba.width and bb.width and ba.overlaps(bb):
+                pairs.append((a, b))
+    return pairs
+
+
+DIAGRAMS = {"tucker_schematic": tucker_schematic, "layer_dataflow": layer_dataflow}
+"""The diagrams the introduction shows as committed SVG files (``book/images/<name>.svg``)."""
+
+
+def save_diagrams(folder: str | os.PathLike) -> list[Path]:
+    """Draw every diagram of ``DIAGRAMS`` into ``folder/<name>.svg``, reproducibly (fixed hash salt, no date).
+
+    The introduction is a Markdown page (nothing executes there), so it shows these files; regenerate them
+    after changing a drawing function with ``python -c "from tucker_attention import book;
+    book.save_diagrams('book/images')"``. Returns the written paths.
+    """
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with plt.rc_context({"svg.hashsalt": "tucker-attention"}):
+        for name, draw in DIAGRAMS.items():
+            fig = draw().figure
+            path = folder / f"{name}.svg"
+            fig.savefig(path, format="svg", metadata={"Date": None}, bbox_inches="tight")
+            plt.close(fig)
+            paths.append(path)
+    return paths
+
+
+__all__ += ["DIAGRAMS", "layer_dataflow", "overlapping_text", "save_diagrams", "small_text", "tucker_schematic"]
