@@ -76,3 +76,23 @@ def test_committed_diagrams_are_the_drawing_functions_output(tmp_path):
     for path in book.save_diagrams(tmp_path):
         assert path.read_bytes() == (ROOT / "book" / "images" / path.name).read_bytes(), (
             f"book/images/{path.name} is out of date: run book.save_diagrams('book/images')")
+
+
+def test_compact_labels():
+    assert [book.compact(v) for v in (2359296, 426176, 15360, 1536, 128, 3.14159)] == \
+        ["2.36M", "426k", "15.4k", "1,536", "128", "3.14"]
+
+
+@pytest.mark.parametrize("which", ["budget", "cache", "gpt2_budget"])
+def test_budget_and_cache_figures_are_readable_at_the_sites_width(which):
+    """No label overlaps another and none is below ~9 px when the figure is scaled to the text column."""
+    if which == "budget":
+        rows = book.budget_rows(book.family_configs(n_kv_heads=4, kv_latent=128, ranks=(8, 128, 64)), 768, 12)
+        fig = book.budget_figure(rows, title="one attention layer")
+    elif which == "gpt2_budget":
+        fig = book.budget_figure(book.budget_rows(book.gpt2_small_configs(), 768, 12))
+    else:
+        fig = book.cache_figure(book.gpt2_small_configs(), seq_len=1024, batch_size=1, d_model=768, n_heads=12,
+                                n_layers=12)
+    assert book.small_text(fig) == []
+    assert book.overlapping_text(fig) == []

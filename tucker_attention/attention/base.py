@@ -50,7 +50,7 @@ class AttentionLayer(nn.Module):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got backend={backend!r}")
         self.backend = backend
-        self.rope_base = check_float("rope_base", rope_base, low=1.0, high=float("inf"))
+        self.rope_base = check_float("rope_base", rope_base, low=1.0)
         if rope_style not in ROPE_STYLES:
             raise ValueError(f"rope_style must be one of {ROPE_STYLES}, got rope_style={rope_style!r}")
         self.rope_style = rope_style
@@ -94,10 +94,8 @@ class AttentionLayer(nn.Module):
             std: standard deviation of the input-side factors (> 0).
             out_std: that of the output projection as MHA's ``W^O`` would have it (> 0); default ``std``.
         """
-        std = check_float("std", std, low=0.0, high=float("inf"))
-        out_std = std if out_std is None else check_float("out_std", out_std, low=0.0, high=float("inf"))
-        if std == 0.0 or out_std == 0.0:
-            raise ValueError(f"std and out_std must be > 0, got std={std}, out_std={out_std}")
+        std = check_float("std", std, low=0.0, low_open=True)
+        out_std = std if out_std is None else check_float("out_std", out_std, low=0.0, low_open=True)
         self._initialize(std, out_std)
 
     def _initialize(self, std: float, out_std: float) -> None:

@@ -18,7 +18,8 @@ from .records import BudgetRow, Config, budget_rows
 
 __all__ = [
     "METHOD_COLORS", "MODE_COLORS", "MODE_NAMES", "TIMING_KEYS", "bar_budget", "budget_figure", "cache_figure",
-    "plot_cache_vs_length", "plot_layer_spectra", "plot_mask", "plot_recorded_timings", "plot_unfolding_spectra",
+    "compact", "plot_cache_vs_length", "plot_layer_spectra", "plot_mask", "plot_recorded_timings",
+    "plot_unfolding_spectra",
 ]
 
 
@@ -32,14 +33,29 @@ def _colors(methods: Sequence[str]) -> list[str]:
     return [METHOD_COLORS.get(m, "C7") for m in methods]
 
 
+def compact(value: float) -> str:
+    """A short label for a count: 2,359,296 -> "2.36M", 426,176 -> "426k", 1,536 -> "1,536", 3.14 -> "3.14".
+
+    >>> [compact(v) for v in (2359296, 426176, 1536, 3.14159)]
+    ['2.36M', '426k', '1,536', '3.14']
+    """
+    v = float(value)
+    if abs(v) >= 1e6:
+        return f"{v / 1e6:.3g}M"
+    if abs(v) >= 1e4:
+        return f"{v / 1e3:.3g}k"
+    return f"{v:,.0f}" if v == int(v) else f"{v:.3g}"
+
+
 def bar_budget(ax, labels: Sequence[str], values: Sequence[float], *, methods: Sequence[str] | None = None,
-               log: bool = False, ylabel: str = "", reference: int | None = 0, value_fmt: str = "{:,.0f}"):
+               log: bool = False, ylabel: str = "", reference: int | None = 0, value_fmt: str | None = None):
     """Bars of ``values`` with each value (and its share of ``values[reference]``) written above it.
 
     Args:
         ax: matplotlib Axes to draw into. labels, values: one bar each. methods: the bars' method
             families (colours, ``METHOD_COLORS``). log: logarithmic y axis. reference: index of the bar
-            that others are compared with ("37%"), or None. value_fmt: format of the value labels.
+            that others are compared with ("37%"), or None. value_fmt: format of the value labels
+            (default ``compact``: "2.36M", "426k", short enough for narrow bars).
     Returns:
         The ``BarContainer`` (one patch per bar).
     """
@@ -53,10 +69,10 @@ def bar_budget(ax, labels: Sequence[str], values: Sequence[float], *, methods: S
     ax.set_ylabel(ylabel)
     ref = values[reference] if reference is not None else None
     for i, (bar, v) in enumerate(zip(bars, values)):
-        text = value_fmt.format(v)
+        text = compact(v) if value_fmt is None else value_fmt.format(v)
         if ref and i != reference:
             text += f"\n{100 * v / ref:.0f}%"
-        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=7.5,
+        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=8.5,
                     xytext=(0, 2), textcoords="offset points")
     ax.margins(y=0.25 if not log else 0.0)
     if log and len(values):
@@ -72,7 +88,7 @@ def budget_figure(rows: Sequence[BudgetRow], *, title: str = "", log: bool = Tru
     """
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6), layout="constrained")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.8), layout="constrained")
     labels, methods = [r.label for r in rows], [r.method for r in rows]
     bar_budget(ax1, labels, [r.params for r in rows], methods=methods, log=log,
                ylabel="attention parameters per layer")
@@ -88,7 +104,7 @@ def budget_figure(rows: Sequence[BudgetRow], *, title: str = "", log: bool = Tru
 def _error_figure(message: str):
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(10, 1.6))
+    fig, ax = plt.subplots(figsize=(8, 1.6))
     ax.axis("off")
     ax.text(0.5, 0.5, "These settings do not define valid layers:\n" + message, ha="center", va="center",
             wrap=True, fontsize=10, color="C3")
@@ -133,11 +149,11 @@ def cache_figure(configs: Sequence[Config], *, seq_len: int, batch_size: int, d_
     """Left: KV cache against N up to ``seq_len``; right: bars of the cache at ``seq_len``. Returns the Figure."""
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8.5, 4), layout="constrained")
     lens = sorted({max(1, seq_len * k // 16) for k in range(17)})               # 1 .. seq_len
     plot_cache_vs_length(ax1, configs, lens, d_model=d_model, n_heads=n_heads, n_layers=n_layers,
                          batch_size=batch_size, bytes_per_elem=bytes_per_elem)
-    ax1.legend(fontsize=7)
+    ax1.legend(fontsize=8.5)
     ax1.set_title(f"batch {batch_size}, {n_layers} layers, {8 * bytes_per_elem}-bit entries")
     rows = budget_rows(configs, d_model, n_heads)
     mb = [bytes_per_elem * n_layers * batch_size * seq_len * r.kv_per_token / 1e6 for r in rows]
@@ -207,7 +223,7 @@ def plot_recorded_timings(ax, records: Sequence[dict]) -> int:
     ax.set_xlabel("sequence length N")
     ax.set_ylabel("forward time (ms)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8.5)
     if devices:
         ax.set_title("recorded on " + ", ".join(sorted(devices)), fontsize=10)
     return len(series)
@@ -435,26 +451,49 @@ def small_text(fig, *, column_px: float = 720.0, min_px: float = 9.0) -> list[tu
     """
     width_in = fig.get_size_inches()[0]
     scale = min(1.0, column_px / (fig.dpi * width_in)) * fig.dpi / 72   # pixels per point on the page
-    out = []
-    for t in fig.findobj(lambda a: hasattr(a, "get_fontsize") and hasattr(a, "get_text")):
-        if t.get_text().strip() and t.get_visible():
-            px = t.get_fontsize() * scale
-            if px < min_px:
-                out.append((t.get_text(), round(px, 1)))
+    return [(t.get_text(), round(t.get_fontsize() * scale, 1)) for t in _drawn_texts(fig)
+            if t.get_fontsize() * scale < min_px]
+
+
+def _drawn_texts(fig) -> list:
+    """The visible, non-empty ``Text`` artists of ``fig`` that a draw puts on the canvas (each once).
+
+    Tick labels count only for ticks inside the view limits (matplotlib keeps hidden ones around).
+    """
+    from matplotlib.text import Text
+
+    hidden: set[int] = set()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            lo, hi = sorted(axis.get_view_interval())
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                loc = tick.get_loc()
+                if loc is None or not (lo - 1e-9 * abs(hi - lo) <= loc <= hi + 1e-9 * abs(hi - lo)):
+                    hidden.update((id(tick.label1), id(tick.label2)))
+    seen, out = set(), []
+    for t in fig.findobj(Text):
+        if id(t) in seen or id(t) in hidden or not t.get_visible() or not t.get_text().strip():
+            continue
+        seen.add(id(t))
+        out.append(t)
     return out
 
 
 def overlapping_text(fig) -> list[tuple[str, str]]:
-    """Pairs of visible, non-empty texts of ``fig`` whose drawn bounding boxes overlap (after a draw)."""
+    """Pairs of drawn texts of ``fig`` whose bounding boxes overlap (drawn first, so positions are final).
+
+    Two labels rotated by the same non-zero angle (slanted tick labels) are not compared: their axis-aligned
+    boxes overlap although the letters do not.
+    """
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
-    texts = [t for t in fig.findobj(lambda a: hasattr(a, "get_window_extent") and hasattr(a, "get_text"))
-             if t.get_visible() and t.get_text().strip() and t.get_figure() is not None]
-    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
+    boxes = [(t.get_text(), t.get_rotation() % 180, t.get_window_extent(renderer)) for t in _drawn_texts(fig)]
     pairs = []
     for i in range(len(boxes)):
         for j in range(i + 1, len(boxes)):
-            (a, ba), (b, bb) = boxes[i], boxes[j]
+            (a, ra, ba), (b, rb, bb) = boxes[i], boxes[j]
+            if ra and ra == rb:
+                continue
             if ba.width and bb.width and ba.overlaps(bb):
                 pairs.append((a, b))
     return pairs

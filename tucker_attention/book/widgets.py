@@ -207,14 +207,14 @@ def rank_widget(*, d_model: int = 64, n_heads: int = 8, method: str = "mla", n_k
         try:
             torch.manual_seed(seed)
             layer = counting.build_layer(method, d_model, n_heads, **sizes).to(device=device, dtype=torch.float64)
-            fig, ax = plt.subplots(figsize=(10, 3.8), layout="constrained")
+            fig, ax = plt.subplots(figsize=(8.5, 3.8), layout="constrained")
             ranks_ = plot_layer_spectra(ax, layer, rtol=rtol, title=f"{method.upper()} {sizes}, d={d_model}, "
                                                                      f"n_H={n_heads}")
         except (ValueError, TypeError) as err:
             plt.close("all")
             _error_figure(str(err))
         else:
-            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+            ax.legend(fontsize=8.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
             last["ranks"] = ranks_
             same = (ranks_.ranks, ranks_.post_ranks) == (ranks_.tucker_ranks, ranks_.tucker_post_ranks)
             print(f"measured ranks 𝒲 {ranks_.ranks}, 𝒲̃ {ranks_.post_ranks}; exact Tucker construction "
@@ -277,7 +277,7 @@ def rope_widget(*, dim: int = 64, base: float = 10000.0, offset: int = 2000, max
         ax.set_ylabel("score / score at Δ = 0")
         ax.set_title(f"D = {dim}, base = {base:,.0f}, t = {offset:,}: "
                      f"max |score(t + Δ, t) − score(Δ, 0)| = {diff:.1e}", fontsize=10)
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=8.5, loc="upper right")
         ax.grid(True, alpha=0.3)
         plt.show()
 

@@ -1,6 +1,6 @@
 """Sweeps: train several attention methods and ranks, one JSON record per run, and tabulate them.
 
-The paper's experiments (PAPER.md §7) plot a validation metric against attention parameters, one point per
+The paper's experiments (paper §7) plot a validation metric against attention parameters, one point per
 method and rank. A *preset* fixes the data, model and training; a sweep runs every attention variant of
 the preset for each seed and appends one record per run to ``<out>/records.jsonl``:
 
@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +42,14 @@ import torch
 from ..data.images import IMAGE_LOADERS
 from ..data.text import TEXT_LOADERS
 from ..models import AttentionConfig
+from ..validation import check_int
 from .config import TrainConfig
 from .distributed import is_main
 from .loop import train
 from .tasks import load_data, model_config_for
 
-__all__ = ["PRESETS", "RECORDS_NAME", "Preset", "format_table", "get_preset", "git_commit", "load_records",
-           "make_record", "preset_with", "run_sweep", "runs_on_cpu", "summarize"]
+__all__ = ["PRESETS", "RECORDS_NAME", "Preset", "format_records", "get_preset", "git_commit", "load_records",
+           "make_record", "run_sweep", "runs_on_cpu", "summarize"]
 
 RECORDS_NAME = "records.jsonl"
 
@@ -76,10 +77,10 @@ class Preset:
 
 def _variants(d_model: int, n_kv: int, mla_latent: int, tucker: Sequence[tuple[int, int, int]],
               gqa: Sequence[int] = ()) -> tuple[AttentionConfig, ...]:
-    out = [AttentionConfig(kind="mha")]
-    out += [AttentionConfig(kind="gqa", n_kv_heads=g) for g in (gqa or (n_kv,))]
-    out += [AttentionConfig(kind="mqa"), AttentionConfig(kind="mla", q_latent=mla_latent, kv_latent=mla_latent)]
-    out += [AttentionConfig(kind="tucker", ranks=r) for r in tucker]
+    out = [AttentionConfig(method="mha")]
+    out += [AttentionConfig(method="gqa", n_kv_heads=g) for g in (gqa or (n_kv,))]
+    out += [AttentionConfig(method="mqa"), AttentionConfig(method="mla", q_latent=mla_latent, kv_latent=mla_latent)]
+    out += [AttentionConfig(method="tucker", ranks=r) for r in tucker]
     return tuple(out)
 
 
@@ -98,16 +99,16 @@ _BOOK_LM_MODEL = {"n_layer": 4, "d_model": 128, "n_heads": 8, "block_size": 128,
 _BOOK_LM_TRAIN = {"steps": 400, "batch_size": 16, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 50,
                   "weight_decay": 0.1, "grad_clip": 1.0, "eval_every": 100, "eval_batches": 32, "log_every": 10}
 _BOOK_LM_VARIANTS = (
-    AttentionConfig(kind="mha"),
-    AttentionConfig(kind="gqa", n_kv_heads=4),
-    AttentionConfig(kind="gqa", n_kv_heads=2),
-    AttentionConfig(kind="mqa"),
-    AttentionConfig(kind="mla", q_latent=32, kv_latent=32),
-    AttentionConfig(kind="mla", q_latent=16, kv_latent=16),
-    AttentionConfig(kind="tucker", ranks=(8, 32, 32)),
-    AttentionConfig(kind="tucker", ranks=(4, 32, 32)),
-    AttentionConfig(kind="tucker", ranks=(4, 32, 16), post_ranks=(4, 24, 16)),
-    AttentionConfig(kind="tucker", ranks=(4, 16, 16)),
+    AttentionConfig(method="mha"),
+    AttentionConfig(method="gqa", n_kv_heads=4),
+    AttentionConfig(method="gqa", n_kv_heads=2),
+    AttentionConfig(method="mqa"),
+    AttentionConfig(method="mla", q_latent=32, kv_latent=32),
+    AttentionConfig(method="mla", q_latent=16, kv_latent=16),
+    AttentionConfig(method="tucker", ranks=(8, 32, 32)),
+    AttentionConfig(method="tucker", ranks=(4, 32, 32)),
+    AttentionConfig(method="tucker", ranks=(4, 32, 16), post_ranks=(4, 24, 16)),
+    AttentionConfig(method="tucker", ranks=(4, 16, 16)),
 )
 
 PRESETS: dict[tuple[str, str], Preset] = {
@@ -212,7 +213,7 @@ def make_record(*, preset: str, attention: AttentionConfig, seed: int, result: A
     world = torch.distributed.get_world_size() if (torch.distributed.is_available()
                                                    and torch.distributed.is_initialized()) else 1
     return {
-        "task": train_config.task, "preset": preset, "method": attention.kind, "label": attention.label(),
+        "task": train_config.task, "preset": preset, "method": attention.method, "label": attention.label(),
         "sizes": {k: (list(v) if isinstance(v, tuple) else v) for k, v in attention.sizes().items()},
         "seed": seed, "attention_params": model.attention_params(), "total_params": model.num_params(),
         "kv_cache_per_token": model.kv_cache_per_token(),
@@ -254,9 +255,10 @@ def run_sweep(task: str, preset: str | Preset, *, out_dir: str | os.PathLike[str
         out_dir: runs go to ``out_dir/<run>/`` (metrics.jsonl, ckpt.pt), records to ``out_dir/records.jsonl``.
         seeds: seeds 0 .. seeds-1 (default: the preset's). steps, data, data_kwargs, device, dtype: override
             the preset's. overrides: further TrainConfig fields.
-        methods: keep only these kinds (e.g. ``["mha", "tucker"]``).
-        rerun: run again even if ``records.jsonl`` already holds a record of the same run (default: skip
-            it, so an interrupted sweep continues where it stopped).
+        methods: keep only these methods (e.g. ``["mha", "tucker"]``).
+        rerun: run again even if ``records.jsonl`` already holds a record of the same run, from scratch
+            (default: skip recorded runs and resume a run's own checkpoint, so an interrupted sweep
+            continues where it stopped).
 
     On the CPU, a preset with ``threads`` sets ``torch.set_num_threads`` (process-wide): tiny models run
     fastest on one thread, and two threads on two busy cores can be many times slower.
@@ -268,16 +270,15 @@ def run_sweep(task: str, preset: str | Preset, *, out_dir: str | os.PathLike[str
     if p.task != task:
         raise ValueError(f"preset {p.name!r} is for task {p.task!r}, not {task!r}")
     seeds = p.seeds if seeds is None else seeds
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds must be an int >= 1, got seeds={seeds!r}")
+    seeds = check_int("seeds", seeds)
     variants = list(p.variants)
     if methods is not None:
         wanted = set(methods)
-        unknown = wanted - {v.kind for v in p.variants}
+        unknown = wanted - {v.method for v in p.variants}
         if unknown:
             raise ValueError(f"methods {sorted(unknown)} are not in preset {p.name!r} "
-                             f"(it has {sorted({v.kind for v in p.variants})})")
-        variants = [v for v in variants if v.kind in wanted]
+                             f"(it has {sorted({v.method for v in p.variants})})")
+        variants = [v for v in variants if v.method in wanted]
     if p.threads is not None and runs_on_cpu(device or p.train.get("device", "auto")):
         torch.set_num_threads(p.threads)                     # process-wide, like torch.set_num_threads
     out = Path(out_dir)
@@ -306,7 +307,7 @@ def run_sweep(task: str, preset: str | Preset, *, out_dir: str | os.PathLike[str
                 tkw["dtype"] = dtype
             run_dir = out / run
             tcfg = TrainConfig(task=task, data=data_name, data_kwargs=dkw, seed=seed, out_dir=str(run_dir),
-                               progress=progress, **tkw)
+                               progress=progress, resume=not rerun, **tkw)   # an interrupted run continues
             mcfg = model_config_for(task, dataset, attention=attention, **p.model)
             result = train(mcfg, tcfg, data=dataset)
             record = make_record(preset=p.name, attention=attention, seed=seed, result=result, model=result.model,
@@ -362,7 +363,7 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def format_table(records: Sequence[dict[str, Any]]) -> str:
+def format_records(records: Sequence[dict[str, Any]]) -> str:
     """A Markdown table of :func:`summarize` rows: method, attention params (and % of MHA), KV cache per
     token, validation loss (and accuracy for ViT) as mean ± std over seeds, throughput, wall time."""
     rows = summarize(records)
@@ -394,7 +395,3 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
-
-def preset_with(p: Preset, **changes: Any) -> Preset:
-    """A copy of preset ``p`` with some fields replaced (e.g. fewer steps for a quick look)."""
-    return replace(p, **changes)
