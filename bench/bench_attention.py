@@ -21,7 +21,7 @@ import torch
 import torch.utils.benchmark as tbench
 
 import tucker_attention as ta
-from tucker_attention.counting import build_layer
+from tucker_attention.attention import build
 
 PRESETS = {
     # d_model, n_heads, batch, seq_len, methods (label, method, sizes)
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     x = torch.randn(B, N, d, device=args.device, dtype=dtype)
     rows = []
     for label, method, sizes in methods:
-        layer = build_layer(method, d, h, backend=args.backend, **sizes).to(args.device, dtype)
+        layer = build(method, d, h, backend=args.backend, **sizes).to(args.device, dtype)
         rows.append(dict(label=label, method=method,
                          sizes={k: list(v) if isinstance(v, tuple) else v for k, v in sizes.items()},
                          attention_params=sum(q.numel() for q in layer.parameters()),

@@ -16,10 +16,10 @@ from tucker_attention import (
     counting,
 )
 from tucker_attention.analysis import (
-    attention_layers,
     energy_ranks,
     model_ranks,
     model_spectra,
+    named_attention_layers,
     rank_budget,
 )
 from tucker_attention.convert import compress
@@ -82,9 +82,9 @@ def test_rope_layers_are_reported_by_name():
     with pytest.raises(ValueError, match=r"layer '1' \(MultiHeadAttention\): .*RoPE"):
         model_ranks(model)
     with pytest.raises(ValueError, match="contains no attention layer"):
-        attention_layers(nn.Linear(3, 3))
+        named_attention_layers(nn.Linear(3, 3))
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
-        attention_layers("gpt2")
+        named_attention_layers("gpt2")
 
 
 def test_peer_models_are_converted():
@@ -92,12 +92,12 @@ def test_peer_models_are_converted():
     config = transformers.GPT2Config(n_embd=32, n_head=4, n_layer=2, vocab_size=64, n_positions=16,
                                      bos_token_id=0, eos_token_id=0)
     model = transformers.GPT2LMHeadModel(config).double()
-    layers = attention_layers(model)
+    layers = named_attention_layers(model)
     assert [n for n, _ in layers] == ["transformer.h.0.attn", "transformer.h.1.attn"]
     ranks = model_ranks(model)
     assert all(r.ranks == r.post_ranks == (4, 32, 32) for r in ranks)
     with pytest.raises(ValueError, match="contains no attention layer"):
-        attention_layers(model, peers=False)
+        named_attention_layers(model, peers=False)
 
 
 def test_energy_ranks():
@@ -149,5 +149,5 @@ def test_rank_budget_matches_modules_and_paper():
         rank_budget(768, 12, (8, 800, 64))
     with pytest.raises(ValueError, match="shared_kv=True needs equal key and value ranks"):
         rank_budget(24, 4, (2, 8, 6), (3, 5, 4), shared_kv=True)
-    with pytest.raises(ValueError, match="n_layers must be >= 1"):
+    with pytest.raises(ValueError, match="n_layers must be an int >= 1"):
         rank_budget(24, 4, (2, 8, 6), n_layers=0)

@@ -83,13 +83,17 @@ def test_train_resume_in_process(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--attention", "tucker"], "needs attention.ranks"),
+    (["--attention", "tucker"], "--attention tucker needs --ranks"),
     (["--attention", "gqa", "--n-kv-heads", "3"], "n_heads=4 must be divisible by n_kv_heads=3"),
-    (["--attention", "mha", "--ranks", "2,8,8"], "does not use ranks"),
+    (["--ranks", "2,8,8"], "--ranks is for --attention tucker, not --attention mha: add --attention tucker"),
+    (["--attention", "gqa", "--kv-latent", "8", "--n-kv-heads", "2"], "--kv-latent is for --attention mla"),
+    (["--attention", "mla", "--q-latent", "8"], "--attention mla needs --kv-latent"),
+    (["--attention", "mla", "--q-latent", "80", "--kv-latent", "8"], "q_latent must be an int in [1, d_model=64]"),
     (["--attention", "tucker", "--ranks", "9,8,8"], r"ranks[0]=9 must be in [1, n_heads=4]"),
-    (["--attention", "mla", "--q-latent", "8", "--kv-latent", "8", "--rope", "on"], "'latent'"),
+    (["--attention", "mla", "--q-latent", "8", "--kv-latent", "8", "--rope", "on"],
+     "use one of none, latent, decoupled"),
     (["--attention", "mha", "--rope", "latent"], "not available for --attention mha"),
-    (["--lr", "-1"], "lr must be > 0"),
+    (["--lr", "-1"], "lr must be > 0.0"),
     (["--patch-size", "2"], "are for vit"),
     (["--data", "wikipedia"], "name must be one of"),
 ])

@@ -176,9 +176,9 @@ def test_encode_decode_roundtrip(stdlib_default):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"max_bytes": 0}, ValueError, "max_bytes must be an int >= 2, got 0"),
+        ({"max_bytes": 0}, ValueError, "max_bytes must be an int >= 2, got max_bytes=0"),
         ({"max_bytes": "1000"}, TypeError, "max_bytes must be an int"),
-        ({"val_fraction": 0.7}, ValueError, r"val_fraction must satisfy 0 < val_fraction <= 0.5, got 0.7"),
+        ({"val_fraction": 0.7}, ValueError, r"val_fraction must be in \(0.0, 0.5\], got val_fraction=0.7"),
         ({"val_fraction": 0}, ValueError, "val_fraction"),
     ],
 )
@@ -230,7 +230,7 @@ def test_get_batch_smallest_stream_and_errors():
     assert torch.equal(x, torch.arange(4).expand(3, 4)) and torch.equal(y, torch.arange(1, 5).expand(3, 4))
     with pytest.raises(ValueError, match=r"block_size must be < len\(data\).*block_size=5 and len\(data\)=5"):
         get_batch(data, batch_size=1, block_size=5)
-    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got batch_size=0"):
         get_batch(data, batch_size=0, block_size=2)
     with pytest.raises(TypeError, match="block_size must be an int"):
         get_batch(data, batch_size=1, block_size=2.0)
@@ -311,7 +311,7 @@ def test_openwebtext_text_loader_not_streaming(tmp_path):
     d = load_text("openwebtext", dataset_name="text", data_files=str(path), streaming=False,
                   tokenizer="bytes", max_tokens=None, val_fraction=0.2, cache_dir=tmp_path / "cache")
     assert bytes(torch.cat([d.train, d.val]).tolist()) == _bytes_stream(DOCS)
-    with pytest.raises(ValueError, match="max_tokens must be an int >= 2, got 1"):
+    with pytest.raises(ValueError, match="max_tokens must be an int >= 2, got max_tokens=1"):
         openwebtext(dataset_name="text", data_files=str(path), tokenizer="bytes", max_tokens=1)
     with pytest.raises(ValueError, match="tokenizer must be one of"):
         openwebtext(dataset_name="text", data_files=str(path), tokenizer="chars")
@@ -378,7 +378,7 @@ def test_load_text_dispatch_and_errors():
     assert (d.name, len(d.train) + len(d.val)) == ("stdlib", 1000)
     assert load_text(max_bytes=1000).name == "stdlib"
     with pytest.raises(ValueError, match=r"name must be one of \['openwebtext', 'stdlib', 'tinyshakespeare'\], "
-                       r"got 'wikitext'"):
+                       r"got name='wikitext'"):
         load_text("wikitext")
     with pytest.raises(TypeError, match="name must be a str"):
         load_text(3)
@@ -425,8 +425,8 @@ def test_digits_deterministic_seeded_and_resized(digits8):
     ("kwargs", "error", "match"),
     [
         ({"image_size": 12}, ValueError, "image_size must be a multiple of 8, got 12"),
-        ({"image_size": 4}, ValueError, "image_size must be an int >= 8, got 4"),
-        ({"val_fraction": 1.5}, ValueError, "val_fraction must satisfy 0 < val_fraction < 1.0, got 1.5"),
+        ({"image_size": 4}, ValueError, "image_size must be an int >= 8, got image_size=4"),
+        ({"val_fraction": 1.5}, ValueError, r"val_fraction must be in \(0.0, 1.0\), got val_fraction=1.5"),
         ({"seed": -1}, ValueError, "seed must be an int >= 0"),
     ],
 )
@@ -516,7 +516,8 @@ def test_load_images_dispatch(folder, tmp_path):
     assert load_images().name == "digits"
     assert load_images("image_folder", data_dir=folder, image_size=8, cache_dir=tmp_path).image_size == 8
     assert load_images("cifar10", dataset_name=_cifar_like()).num_classes == 3
-    with pytest.raises(ValueError, match=r"name must be one of \['cifar10', 'digits', 'image_folder'\], got 'mnist'"):
+    with pytest.raises(ValueError,
+                       match=r"name must be one of \['cifar10', 'digits', 'image_folder'\], got name='mnist'"):
         load_images("mnist")
 
 
@@ -540,7 +541,7 @@ def test_make_loader_order_depends_only_on_seed_and_epoch(digits8):
 
     x, y = next(iter(make_loader(digits8.val, batch_size=5, shuffle=False, seed=0)))
     assert x.shape == (5, 1, 8, 8) and y.dtype == torch.int64 and torch.equal(y, digits8.val.labels[:5])
-    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got batch_size=0"):
         make_loader(digits8.val, batch_size=0, shuffle=True, seed=0)
 
 

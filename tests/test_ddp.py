@@ -23,7 +23,7 @@ import torch
 
 from tucker_attention.models import GPT, AttentionConfig, GPTConfig
 
-ATTENTION = AttentionConfig(kind="tucker", ranks=(2, 8, 8), rope=True)
+ATTENTION = AttentionConfig(method="tucker", ranks=(2, 8, 8), rope=True)
 
 
 def _flat_grads(model: torch.nn.Module) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""GPT and ViT with every attention kind: shapes, parameter counts, KV-cache decoding, configs."""
+"""GPT and ViT with every attention method: shapes, parameter counts, KV-cache decoding, configs."""
 
 from __future__ import annotations
 
@@ -13,22 +13,22 @@ from tucker_attention.models import GPT, AttentionConfig, GPTConfig, ViT, ViTCon
 D, H, L = 32, 4, 2
 
 ATTENTIONS = {
-    "mha": AttentionConfig(kind="mha"),
-    "gqa": AttentionConfig(kind="gqa", n_kv_heads=2),
-    "mqa": AttentionConfig(kind="mqa"),
-    "mla": AttentionConfig(kind="mla", q_latent=16, kv_latent=8),
-    "mla-sep": AttentionConfig(kind="mla", q_latent=8, kv_latent=8, separate_kv=True),
-    "tucker": AttentionConfig(kind="tucker", ranks=(2, 16, 8)),
-    "tucker-post": AttentionConfig(kind="tucker", ranks=(2, 16, 8), post_ranks=(3, 8, 4)),
-    "tucker-shared": AttentionConfig(kind="tucker", ranks=(4, 8, 8), shared_kv=True),
+    "mha": AttentionConfig(method="mha"),
+    "gqa": AttentionConfig(method="gqa", n_kv_heads=2),
+    "mqa": AttentionConfig(method="mqa"),
+    "mla": AttentionConfig(method="mla", q_latent=16, kv_latent=8),
+    "mla-sep": AttentionConfig(method="mla", q_latent=8, kv_latent=8, separate_kv=True),
+    "tucker": AttentionConfig(method="tucker", ranks=(2, 16, 8)),
+    "tucker-post": AttentionConfig(method="tucker", ranks=(2, 16, 8), post_ranks=(3, 8, 4)),
+    "tucker-shared": AttentionConfig(method="tucker", ranks=(4, 8, 8), shared_kv=True),
 }
 ROPE_ATTENTIONS = {
-    "mha-rope": AttentionConfig(kind="mha", rope=True),
-    "gqa-rope": AttentionConfig(kind="gqa", n_kv_heads=2, rope=True),
-    "mla-latent": AttentionConfig(kind="mla", q_latent=16, kv_latent=8, rope="latent"),
-    "mla-decoupled": AttentionConfig(kind="mla", q_latent=16, kv_latent=8, rope="decoupled"),
-    "tucker-rope": AttentionConfig(kind="tucker", ranks=(2, 16, 8), rope=True),
-    "tucker-shared-rope": AttentionConfig(kind="tucker", ranks=(2, 8, 8), shared_kv=True, rope=True),
+    "mha-rope": AttentionConfig(method="mha", rope=True),
+    "gqa-rope": AttentionConfig(method="gqa", n_kv_heads=2, rope=True),
+    "mla-latent": AttentionConfig(method="mla", q_latent=16, kv_latent=8, rope="latent"),
+    "mla-decoupled": AttentionConfig(method="mla", q_latent=16, kv_latent=8, rope="decoupled"),
+    "tucker-rope": AttentionConfig(method="tucker", ranks=(2, 16, 8), rope=True),
+    "tucker-shared-rope": AttentionConfig(method="tucker", ranks=(2, 8, 8), shared_kv=True, rope=True),
 }
 ALL = {**ATTENTIONS, **ROPE_ATTENTIONS}
 
@@ -58,8 +58,8 @@ def test_gpt_shapes_and_counts(name):
     assert loss.shape == () and torch.isfinite(loss)
     assert model(idx)[1] is None
     sizes = att.sizes()
-    assert model.attention_params() == L * counting.attention_params(att.kind, D, H, **sizes)
-    assert model.kv_cache_per_token() == L * counting.kv_cache_per_token(att.kind, D, H, **sizes)
+    assert model.attention_params() == L * counting.attention_params(att.method, D, H, **sizes)
+    assert model.kv_cache_per_token() == L * counting.kv_cache_per_token(att.method, D, H, **sizes)
     assert (model.wpe is None) == att.has_rope                  # RoPE: no learned positions
 
 
@@ -71,8 +71,8 @@ def test_vit_shapes_and_counts(name):
         x = torch.randn(5, 1, 8, 8)
         logits, loss = model(x, torch.randint(0, 10, (5,)))
         assert logits.shape == (5, 10) and torch.isfinite(loss)
-        assert model.attention_params() == L * counting.attention_params(att.kind, D, H, **att.sizes())
-        assert model.kv_cache_per_token() == L * counting.kv_cache_per_token(att.kind, D, H, **att.sizes())
+        assert model.attention_params() == L * counting.attention_params(att.method, D, H, **att.sizes())
+        assert model.kv_cache_per_token() == L * counting.kv_cache_per_token(att.method, D, H, **att.sizes())
         assert model.pos_embed.shape == (1, 16 + (pool == "cls"), D)
 
 
@@ -196,38 +196,38 @@ def test_vit_attention_is_bidirectional():
 
 
 def test_build_model_dispatch_and_config_round_trip():
-    g = GPTConfig(attention=AttentionConfig(kind="tucker", ranks=(2, 16, 8), post_ranks=(2, 8, 8)))
+    g = GPTConfig(attention=AttentionConfig(method="tucker", ranks=(2, 16, 8), post_ranks=(2, 8, 8)))
     assert isinstance(build_model(g), GPT)
     assert GPTConfig.from_dict(g.to_dict()) == g
-    v = ViTConfig(attention={"kind": "gqa", "n_kv_heads": 2})
+    v = ViTConfig(attention={"method": "gqa", "n_kv_heads": 2})
     assert isinstance(build_model(v), ViT) and v.attention.n_kv_heads == 2
     assert ViTConfig.from_dict(v.to_dict()) == v
     with pytest.raises(TypeError, match="GPTConfig or ViTConfig"):
-        build_model({"kind": "mha"})
+        build_model({"method": "mha"})
 
 
 def test_labels():
     assert ATTENTIONS["tucker"].label() == "Tucker [2,16,8]"
     assert ATTENTIONS["gqa"].label() == "GQA n_kv=2"
-    assert AttentionConfig(kind="mla", q_latent=8, kv_latent=8).label() == "MLA d_c=8"
+    assert AttentionConfig(method="mla", q_latent=8, kv_latent=8).label() == "MLA d_c=8"
     assert ROPE_ATTENTIONS["mla-latent"].label().endswith("+RoPE(latent)")
 
 
 # ------------------------------------------------------------------------------------- bad configs
 @pytest.mark.parametrize("kwargs, exc, match", [
-    ({"kind": "sparse"}, ValueError, "attention.kind must be one of"),
-    ({"kind": "gqa"}, ValueError, "needs attention.n_kv_heads"),
-    ({"kind": "mla", "q_latent": 8}, ValueError, "needs attention.kv_latent"),
-    ({"kind": "tucker"}, ValueError, "needs attention.ranks"),
-    ({"kind": "mha", "ranks": (1, 2, 3)}, ValueError, r"does not use ranks=\(1, 2, 3\)"),
-    ({"kind": "tucker", "ranks": (1, 2)}, ValueError, "3 entries"),
-    ({"kind": "tucker", "ranks": "8,64,64"}, TypeError, "sequence of 3 ints"),
-    ({"kind": "tucker", "ranks": (0, 2, 2)}, ValueError, r"attention.ranks\[0\] must be >= 1"),
-    ({"kind": "mla", "q_latent": 8, "kv_latent": 8, "rope": True}, ValueError, "rope"),
-    ({"kind": "mha", "rope": "latent"}, TypeError, "must be a bool"),
-    ({"kind": "mla", "q_latent": 8, "kv_latent": 8, "rope_dim": 4}, ValueError, "rope='decoupled'"),
-    ({"kind": "mha", "backend": "cuda"}, ValueError, "attention.backend"),
-    ({"kind": "mha", "dropout": 1.0}, ValueError, r"attention.dropout must be in \[0, 1\)"),
+    ({"method": "sparse"}, ValueError, "attention.method must be one of"),
+    ({"method": "gqa"}, ValueError, "needs attention.n_kv_heads"),
+    ({"method": "mla", "q_latent": 8}, ValueError, "needs attention.kv_latent"),
+    ({"method": "tucker"}, ValueError, "needs attention.ranks"),
+    ({"method": "mha", "ranks": (1, 2, 3)}, ValueError, r"does not use ranks=\(1, 2, 3\)"),
+    ({"method": "tucker", "ranks": (1, 2)}, ValueError, "3 entries"),
+    ({"method": "tucker", "ranks": "8,64,64"}, TypeError, "sequence of 3 ints"),
+    ({"method": "tucker", "ranks": (0, 2, 2)}, ValueError, r"attention.ranks\[0\] must be an int >= 1"),
+    ({"method": "mla", "q_latent": 8, "kv_latent": 8, "rope": True}, ValueError,
+     r"attention.rope \(for method='mla'\) must be one of \[None, 'latent', 'decoupled'\]"),
+    ({"method": "mha", "rope": "latent"}, ValueError, r"must be one of \[False, True\], got .*'latent'"),
+    ({"method": "mha", "backend": "cuda"}, ValueError, "attention.backend"),
+    ({"method": "mha", "dropout": 1.0}, ValueError, r"attention.dropout must be in \[0.0, 1.0\)"),
 ])
 def test_attention_config_rejects(kwargs, exc, match):
     with pytest.raises(exc, match=match):
@@ -236,13 +236,17 @@ def test_attention_config_rejects(kwargs, exc, match):
 
 @pytest.mark.parametrize("make, exc, match", [
     (lambda: GPTConfig(d_model=30, n_heads=4), ValueError, "d_model=30 must be divisible by n_heads=4"),
-    (lambda: GPTConfig(attention=AttentionConfig(kind="tucker", ranks=(8, 16, 16))), ValueError,
+    (lambda: GPTConfig(attention=AttentionConfig(method="tucker", ranks=(8, 16, 16))), ValueError,
      r"ranks\[0\]=8 must be in \[1, n_heads=4\]"),
-    (lambda: GPTConfig(attention=AttentionConfig(kind="gqa", n_kv_heads=3)), ValueError,
+    (lambda: GPTConfig(attention=AttentionConfig(method="gqa", n_kv_heads=3)), ValueError,
      "n_heads=4 must be divisible by n_kv_heads=3"),
-    (lambda: GPTConfig(attention=AttentionConfig(kind="tucker", ranks=(2, 8, 7), rope=True)), ValueError,
+    (lambda: GPTConfig(attention=AttentionConfig(method="tucker", ranks=(2, 8, 7), rope=True)), ValueError,
      "must be even"),
-    (lambda: GPTConfig(block_size=0), ValueError, "block_size must be >= 1"),
+    (lambda: GPTConfig(attention=AttentionConfig(method="mla", q_latent=8, kv_latent=8, rope_dim=4)), ValueError,
+     "rope_dim=4 is only used with rope='decoupled'"),
+    (lambda: GPTConfig(attention=AttentionConfig(method="mla", q_latent=80, kv_latent=8)), ValueError,
+     r"q_latent must be an int in \[1, d_model=64\], got q_latent=80"),
+    (lambda: GPTConfig(block_size=0), ValueError, "block_size must be an int >= 1"),
     (lambda: GPTConfig(vocab_size=2.5), TypeError, "vocab_size must be an int"),
     (lambda: GPTConfig(position="rotary"), ValueError, "position must be one of"),
     (lambda: GPTConfig(dropout=-0.1), ValueError, "dropout"),

@@ -10,7 +10,7 @@ import tucker_attention as ta
 
 @pytest.mark.parametrize("build,exc,match", [
     (lambda: ta.MultiHeadAttention(30, 4), ValueError, r"d_model=30 must be divisible by n_heads=4"),
-    (lambda: ta.MultiHeadAttention(0, 4), ValueError, r"d_model must be >= 1, got d_model=0"),
+    (lambda: ta.MultiHeadAttention(0, 4), ValueError, r"d_model must be an int >= 1, got d_model=0"),
     (lambda: ta.MultiHeadAttention(32.0, 4), TypeError, r"d_model must be an int, got 32.0"),
     (lambda: ta.MultiHeadAttention(32, 4, dropout=1.0), ValueError, r"dropout must be in \[0.0, 1.0\)"),
     (lambda: ta.MultiHeadAttention(32, 4, backend="xformers"), ValueError, r"backend must be one of .*'xformers'"),
@@ -18,13 +18,15 @@ import tucker_attention as ta
     (lambda: ta.MultiHeadAttention(12, 4, rope=True), ValueError, r"head size d_model/n_heads=3 must be even"),
     (lambda: ta.MultiHeadAttention(32, 4, rope_style="neox"), ValueError, r"rope_style must be one of"),
     (lambda: ta.GroupedQueryAttention(32, 4, 3), ValueError, r"n_heads=4 must be divisible by n_kv_heads=3"),
-    (lambda: ta.GroupedQueryAttention(32, 4, 8), ValueError, r"n_kv_heads must be in \[1, 4\], got n_kv_heads=8"),
+    (lambda: ta.GroupedQueryAttention(32, 4, 8), ValueError,
+     r"n_kv_heads must be an int in \[1, n_heads=4\], got n_kv_heads=8"),
     (lambda: ta.MultiHeadLatentAttention(32, 4, 8, 7, rope="latent"), ValueError, r"kv_latent=7 must be even"),
     (lambda: ta.MultiHeadLatentAttention(32, 4, 8, 8, rope="rotary"), ValueError, r"rope must be one of"),
     (lambda: ta.MultiHeadLatentAttention(32, 4, 8, 8, rope_dim=4), ValueError, r"rope_dim=4 is only used"),
     (lambda: ta.MultiHeadLatentAttention(32, 4, 8, 8, rope="decoupled", rope_dim=3), ValueError,
      r"rope_dim=3 must be even"),
-    (lambda: ta.MultiHeadLatentAttention(32, 4, 0, 8), ValueError, r"q_latent must be >= 1, got q_latent=0"),
+    (lambda: ta.MultiHeadLatentAttention(32, 4, 0, 8), ValueError,
+     r"q_latent must be an int in \[1, d_model=32\], got q_latent=0"),
     (lambda: ta.TuckerAttention(32, 4, ranks=(5, 8, 8)), ValueError, r"ranks\[0\]=5 must be in \[1, n_heads=4\]"),
     (lambda: ta.TuckerAttention(32, 4, ranks=(2, 40, 8)), ValueError, r"ranks\[1\]=40 must be in \[1, d_model=32\]"),
     (lambda: ta.TuckerAttention(32, 4, ranks=(2, 8)), ValueError, r"ranks must have 3 entries"),
@@ -85,7 +87,7 @@ def test_cache_errors(layer):
         layer(torch.randn(2, 1, 32), cache={"k": None})
     with pytest.raises(TypeError, match="cache dtype torch.float64 differs"):
         layer(torch.randn(2, 1, 32), cache=layer.make_cache(2, 4, dtype=torch.float64))
-    with pytest.raises(ValueError, match=r"max_len must be >= 1, got max_len=0"):
+    with pytest.raises(ValueError, match=r"max_len must be an int >= 1, got max_len=0"):
         layer.make_cache(2, 0)
 
 

@@ -1,6 +1,6 @@
 """Ranks and spectra of the attention tensors of whole models (PAPER.md §4, §7), and what a rank choice costs.
 
-- ``attention_layers(model)``: every attention layer of our family inside ``model`` (and, by default, every
+- ``named_attention_layers(model)``: every attention layer of our family inside ``model`` (and, by default, every
   peer's module that ``convert.from_peer`` understands — e.g. the ``GPT2Attention`` blocks of a 🤗 GPT-2).
 - ``model_ranks(model)``: per layer, the numerical multilinear ranks of 𝒲 and 𝒲̃ next to the Tucker ranks of
   the layer's parameterization — "the actual ranks of MHA, GQA and MLA" (the theorem table of §4).
@@ -25,7 +25,7 @@ from .attention._checks import check_int, check_ranks
 from .convert import from_peer, peer_kind
 from .tensors import attention_tensors, multilinear_rank, unfolding_spectra
 
-__all__ = ["LayerRanks", "LayerSpectra", "RankBudget", "attention_layers", "model_ranks", "model_spectra",
+__all__ = ["LayerRanks", "LayerSpectra", "RankBudget", "named_attention_layers", "model_ranks", "model_spectra",
            "energy_ranks", "rank_budget"]
 
 
@@ -83,7 +83,7 @@ class RankBudget:
         return bytes_per_elem * batch_size * seq_len * self.kv_cache_per_token / 1e6
 
 
-def attention_layers(model: nn.Module, *, peers: bool = True) -> list[tuple[str, AttentionLayer]]:
+def named_attention_layers(model: nn.Module, *, peers: bool = True) -> list[tuple[str, AttentionLayer]]:
     """``(name, layer)`` for every attention layer in ``model`` (``model`` itself included), in module order.
 
     With ``peers=True`` a peer's module (``convert.peer_kind``) is converted with ``convert.from_peer`` and
@@ -121,7 +121,7 @@ def model_ranks(model: nn.Module, rtol: float = 1e-10, *, peers: bool = True) ->
     """Per layer: the numerical multilinear ranks of 𝒲 and 𝒲̃ (``tensors.multilinear_rank`` with ``rtol``)
     and the Tucker ranks of its exact factors. Use ``rtol`` ≈ 1e-5 for float32 weights."""
     out = []
-    for name, layer in attention_layers(model, peers=peers):
+    for name, layer in named_attention_layers(model, peers=peers):
         W, Wt = _tensors(name, layer)
         pre, post = layer.tucker_factors()
         out.append(LayerRanks(name, type(layer).__name__, multilinear_rank(W, rtol), multilinear_rank(Wt, rtol),
@@ -133,7 +133,7 @@ def model_ranks(model: nn.Module, rtol: float = 1e-10, *, peers: bool = True) ->
 def model_spectra(model: nn.Module, *, peers: bool = True) -> list[LayerSpectra]:
     """Per layer: singular values of all three unfoldings of 𝒲 and 𝒲̃ (float64, on the CPU)."""
     out = []
-    for name, layer in attention_layers(model, peers=peers):
+    for name, layer in named_attention_layers(model, peers=peers):
         W, Wt = _tensors(name, layer)
         pre = tuple(s.cpu() for s in unfolding_spectra(W))
         post = tuple(s.cpu() for s in unfolding_spectra(Wt))

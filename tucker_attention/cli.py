@@ -7,24 +7,33 @@
     torchrun --nproc_per_node 8 -m tucker_attention train lm --preset gpu ...      # DDP
 
 Every command runs offline by default (stdlib byte corpus, scikit-learn digits). Configuration errors
-exit with status 2 and a one-line message (set TUCKER_ATTENTION_DEBUG=1 for the traceback); a NaN/inf loss
-exits with status 1.
+(bad flags, data that cannot load, a checkpoint that cannot resume) exit with status 2 and a one-line
+message (set TUCKER_ATTENTION_DEBUG=1 for the traceback); a NaN/inf loss exits with status 1; Ctrl-C
+checkpoints the run, prints the command that resumes it and exits with status 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from .attention import registry
+
 __all__ = ["build_parser", "main"]
 
-_ROPE_CHOICES = ("none", "on", "latent", "decoupled")
+
+
+def _rope_words() -> list[str]:
+    """Every ``--rope`` word some method accepts."""
+    return list(dict.fromkeys(w for s in registry.METHODS.values() for w in s.rope))
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -58,18 +67,42 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _rope_value(kind: str, rope: str | None) -> bool | str | None:
-    """Map --rope to AttentionConfig.rope: head-dim RoPE for mha/gqa/mqa, latent RoPE for tucker/mla."""
-    if rope is None or rope == "none":
-        return None if kind == "mla" else False
-    if kind == "mla":
-        if rope == "on":
-            raise ValueError("--rope for --attention mla must be 'latent' (PAPER.md §6) or 'decoupled' (DeepSeek-V2)")
-        return rope
-    if rope == "decoupled" or (rope == "latent" and kind != "tucker"):
-        raise ValueError(f"--rope {rope} is not available for --attention {kind}: use 'on' (head-dim RoPE"
-                         f"{'' if kind != 'tucker' else ', latent for Tucker'}) or 'none'")
-    return True
+def _rope_value(method: str, rope: str | None) -> bool | str | None:
+    """Map ``--rope`` to the layer's ``rope`` value through the method's spec (head-dim RoPE for
+    mha/gqa/mqa, latent RoPE for tucker and mla, DeepSeek-V2's decoupled RoPE for mla)."""
+    spec = registry.spec(method)
+    word = rope or "none"
+    if word not in spec.rope:
+        raise ValueError(f"--rope {word} is not available for --attention {method}: use one of "
+                         f"{', '.join(spec.rope)} (paper §6 for latent RoPE)")
+    return spec.rope[word]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _users(name: str) -> list[str]:
+    """The methods that take size argument ``name``."""
+    return [m for m, s in registry.METHODS.items() if name in s.sizes]
+
+
+def _attention_config(args: argparse.Namespace):
+    """The ``AttentionConfig`` of the flags; mistakes are reported in flags, not config fields."""
+    from .models import AttentionConfig
+
+    spec = registry.spec(args.attention)
+    for name in registry.SIZE_FIELDS:
+        if getattr(args, name) not in (None, False) and name not in spec.sizes:
+            users = _users(name)
+            raise ValueError(f"{_flag(name)} is for --attention {' or '.join(users)}, not --attention "
+                             f"{args.attention}: add --attention {users[0]} (or drop {_flag(name)})")
+    missing = [_flag(name) for name in spec.required if getattr(args, name) is None]
+    if missing:
+        raise ValueError(f"--attention {args.attention} needs {' and '.join(missing)}")
+    sizes = {name: getattr(args, name) for name in registry.SIZE_FIELDS}
+    return AttentionConfig(method=args.attention, rope=_rope_value(args.attention, args.rope),
+                           backend=args.attn_backend, dropout=args.attn_dropout, **sizes)
 
 
 # ---------------------------------------------------------------------------------------------- parser
@@ -97,9 +130,23 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _UsageError(Exception):
+    """A configuration error: reported as one line with exit status 2."""
+
+
+@contextlib.contextmanager
+def _usage():
+    """Turn the ``ValueError`` / ``TypeError`` of configuration and data loading into :class:`_UsageError`
+    (errors raised later, inside training, keep their type and traceback)."""
+    try:
+        yield
+    except (ValueError, TypeError) as e:
+        raise _UsageError(str(e)) from e
+
+
+def build_parser(prog: str = "tucker-attention") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tucker-attention", description="Tucker Attention: train GPT/ViT with any attention, run sweeps.",
+        prog=prog, description="Tucker Attention: train GPT/ViT with any attention, run sweeps.",
         formatter_class=_Formatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sweep,summarize}")
 
@@ -114,18 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="base model size and training recipe")
     _add_run_options(t)
     g = t.add_argument_group("attention")
-    g.add_argument("--attention", default="mha", choices=("mha", "gqa", "mqa", "mla", "tucker"),
-                   help="attention method")
-    g.add_argument("--n-kv-heads", type=_positive_int, help="GQA: key/value heads")
-    g.add_argument("--q-latent", type=_positive_int, help="MLA: query latent d_c^Q")
-    g.add_argument("--kv-latent", type=_positive_int, help="MLA: key/value latent d_c^K")
-    g.add_argument("--separate-kv", action="store_true", help="MLA: separate key and value latents")
-    g.add_argument("--rope-dim", type=_positive_int, help="MLA: decoupled RoPE size d_R (with --rope decoupled)")
-    g.add_argument("--ranks", type=_ints, metavar="R1,R2,R3", help="Tucker: ranks (head, query, key)")
-    g.add_argument("--post-ranks", type=_ints, metavar="R1,R2,R3",
-                   help="Tucker: post-softmax ranks (head, output, value); default = --ranks")
-    g.add_argument("--shared-kv", action="store_true", help="Tucker: keys and values share U3")
-    g.add_argument("--rope", choices=_ROPE_CHOICES, default="none",
+    g.add_argument("--attention", default="mha", choices=registry.method_names(), help="attention method")
+    for name, size in registry.SIZE_FIELDS.items():
+        where = "/".join(registry.METHODS[m].title for m in _users(name))
+        if size.kind == "bool":
+            g.add_argument(_flag(name), action="store_true", help=f"{where}: {size.help}")
+        else:
+            g.add_argument(_flag(name), type=_positive_int if size.kind == "int" else _ints,
+                           metavar=None if size.kind == "int" else "R1,R2,R3", help=f"{where}: {size.help}")
+    g.add_argument("--rope", choices=_rope_words(), default="none",
                    help="RoPE: 'on' = head-dim RoPE (mha/gqa/mqa) or latent RoPE (tucker); mla: 'latent' | "
                    "'decoupled'")
     g.add_argument("--attn-backend", default="auto", choices=("auto", "flash", "sdpa", "math"),
@@ -176,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "gpu: one GPU, minutes/run; paper: the paper's sizes")
     s.add_argument("--seeds", type=_positive_int, help="seeds per method (default: the preset's)")
     s.add_argument("--out", help="output folder (default runs/sweep_<task>_<preset>)")
-    s.add_argument("--methods", help="comma-separated kinds to keep, e.g. mha,tucker (default: all)")
+    s.add_argument("--methods", help="comma-separated methods to keep, e.g. mha,tucker (default: all)")
     s.add_argument("--rerun", action="store_true", help="rerun runs already in OUT/records.jsonl")
     _add_run_options(s)
 
@@ -193,16 +237,11 @@ def _pick(explicit: Any, default: Any) -> Any:
 
 
 def _train_configs(args: argparse.Namespace):
-    """(model kwargs, AttentionConfig, TrainConfig kwargs, data name, data kwargs) from the flags."""
-    from .models import AttentionConfig
+    """(preset, model kwargs, AttentionConfig, TrainConfig kwargs, data name, data kwargs) from the flags."""
     from .train.sweep import get_preset
 
     preset = get_preset(args.task, args.preset)
-    attention = AttentionConfig(
-        kind=args.attention, n_kv_heads=args.n_kv_heads, q_latent=args.q_latent, kv_latent=args.kv_latent,
-        separate_kv=args.separate_kv, rope_dim=args.rope_dim, ranks=args.ranks, post_ranks=args.post_ranks,
-        shared_kv=args.shared_kv, rope=_rope_value(args.attention, args.rope), backend=args.attn_backend,
-        dropout=args.attn_dropout)
+    attention = _attention_config(args)
     model = dict(preset.model)
     names = ["n_layer", "d_model", "n_heads", "mlp_ratio", "dropout"]
     names += ["block_size", "position"] if args.task == "lm" else ["patch_size", "pool"]
@@ -236,13 +275,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .train.distributed import is_main
     from .train.sweep import runs_on_cpu
 
-    preset, model_kw, attention, train_kw, data_name, data_kwargs = _train_configs(args)
-    tcfg = TrainConfig(task=args.task, data=data_name, data_kwargs=data_kwargs, seed=args.seed, out_dir=args.out,
-                       resume=args.resume, compile=args.compile, progress=not args.no_progress, **train_kw)
-    _set_threads(args.threads if args.threads is not None else
-                 (preset.threads if runs_on_cpu(tcfg.device) else None))
-    data = load_data(args.task, data_name, **data_kwargs)
-    mcfg = model_config_for(args.task, data, attention=attention, **model_kw)
+    with _usage():
+        preset, model_kw, attention, train_kw, data_name, data_kwargs = _train_configs(args)
+        tcfg = TrainConfig(task=args.task, data=data_name, data_kwargs=data_kwargs, seed=args.seed,
+                           out_dir=args.out, resume=args.resume, compile=args.compile,
+                           progress=not args.no_progress, **train_kw)
+        _set_threads(args.threads if args.threads is not None else
+                     (preset.threads if runs_on_cpu(tcfg.device) else None))
+        data = load_data(args.task, data_name, **data_kwargs)
+        mcfg = model_config_for(args.task, data, attention=attention, **model_kw)
     result = train(mcfg, tcfg, data=data)
     if is_main():
         summary = {"attention": attention.label(), "attention_params": result.model.attention_params(),
@@ -254,30 +295,35 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .train.distributed import is_main
-    from .train.sweep import format_table, get_preset, run_sweep
+    from .train.sweep import format_records, get_preset, run_sweep
 
-    preset = get_preset(args.task, args.preset)
+    with _usage():
+        preset = get_preset(args.task, args.preset)
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+        unknown = sorted(set(methods or ()) - {v.method for v in preset.variants})
+        if unknown:
+            raise ValueError(f"--methods {','.join(unknown)}: not in --preset {args.preset} (it has "
+                             f"{','.join(dict.fromkeys(v.method for v in preset.variants))})")
     if args.threads is not None:
         _set_threads(args.threads)
         preset = dataclasses.replace(preset, threads=args.threads)
     out = args.out or f"runs/sweep_{args.task}_{args.preset}"
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     t0 = time.perf_counter()
     records = run_sweep(args.task, preset, out_dir=out, seeds=args.seeds, steps=args.steps, data=args.data,
                         data_kwargs=dict(args.data_arg), device=args.device, dtype=args.dtype, methods=methods,
-                        rerun=args.rerun, progress=not args.no_progress, command=sys.argv)
+                        rerun=args.rerun, progress=not args.no_progress, command=args.command_line)
     if is_main():
-        print(format_table(records))
+        print(format_records(records))
         print(f"\n{len(records)} runs, records in {out}/records.jsonl, sweep wall time "
               f"{time.perf_counter() - t0:.1f} s")
     return 0
 
 
 def _cmd_summarize(args: argparse.Namespace) -> int:
-    from .train.sweep import format_table, load_records
+    from .train.sweep import format_records, load_records
 
     for path in args.paths:
-        print(f"{path}:\n{format_table(load_records(path))}\n")
+        print(f"{path}:\n{format_records(load_records(path))}\n")
     return 0
 
 
@@ -288,20 +334,41 @@ def _set_threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m tucker_attention`` and the ``tucker-attention`` script."""
-    parser = build_parser()
+def _resume_hint(args: argparse.Namespace, e) -> str:
+    """What to run after Ctrl-C: the command as typed (with ``--resume`` for train)."""
+    cmd = list(args.command_line)
+    if args.command == "train":
+        if e.checkpoint is None:
+            return "nothing to resume (give --out DIR to checkpoint a run)"
+        if "--resume" not in cmd:
+            cmd.append("--resume")
+        return f"resume with:\n  {shlex.join(cmd)}"
+    return f"finished runs are recorded and skipped, the interrupted one continues from its checkpoint; " \
+           f"resume with:\n  {shlex.join(cmd)}"
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = "tucker-attention") -> int:
+    """Entry point of the ``tucker-attention`` script (``prog``) and of ``python -m tucker_attention``."""
+    parser = build_parser(prog)
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.command_line = [*shlex.split(prog), *argv]                   # as typed, for records and hints
     commands = {"train": _cmd_train, "sweep": _cmd_sweep, "summarize": _cmd_summarize}
-    from .train import NonFiniteLossError
+    from .train import CheckpointError, NonFiniteLossError, TrainingInterrupted
 
     try:
         return commands[args.command](args)
     except NonFiniteLossError as e:
-        print(f"tucker-attention: training stopped: {e}", file=sys.stderr)
+        print(f"{prog}: training stopped: {e}", file=sys.stderr)
         return 1
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except TrainingInterrupted as e:
+        print(f"\n{prog}: {e}; {_resume_hint(args, e)}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted before training started; nothing was saved", file=sys.stderr)
+        return 130
+    except (_UsageError, CheckpointError, FileNotFoundError, ValueError) as e:
         if os.environ.get("TUCKER_ATTENTION_DEBUG"):
             raise
-        parser.exit(2, f"tucker-attention: error: {e}\n")
+        parser.exit(2, f"{prog}: error: {e}\n")
     return 0

@@ -99,22 +99,12 @@ def to_tucker(layer: AttentionLayer) -> TuckerAttention:
     from ``1/sqrt(d_H)`` is folded into the core. A ``TuckerAttention`` maps to a copy of itself.
     Dtype, device, dropout, backend, max_seq_len and train/eval mode are copied.
 
-    Raises ``ValueError`` for RoPE layers and latent RMSNorms (no attention tensors), and when a factor is
-    wider than d_model (MLA with ``q_latent`` or ``kv_latent`` > d_model; ``compress`` at the multilinear
-    rank then gives an exact Tucker layer with other factors).
+    Raises ``ValueError`` for RoPE layers and latent RMSNorms (no attention tensors).
     """
     layer = _check_layer(layer)
     if isinstance(layer, TuckerAttention):
         return copy.deepcopy(layer)
     pre, post = layer.tucker_factors()
-    d, H = layer.d_model, layer.n_heads
-    for name, f in (("pre-softmax", pre), ("post-softmax", post)):
-        r1, r2, r3 = f.ranks
-        if r1 > H or r2 > d or r3 > d:
-            raise ValueError(f"{type(layer).__name__}'s {name} Tucker ranks {f.ranks} exceed what TuckerAttention "
-                             f"allows, (n_heads={H}, d_model={d}, d_model={d}) — e.g. an MLA latent wider than "
-                             f"d_model ({layer.extra_repr()}); use compress(layer, ranks=multilinear_rank(...)) "
-                             "for an exact Tucker layer with orthonormal factors")
     shared = pre.U3.shape == post.U3.shape and bool(torch.equal(pre.U3, post.U3))
     biases = layer.tucker_biases()
     new = _new_tucker(layer, pre.ranks, post.ranks, shared_kv=shared, bias=biases is not None)

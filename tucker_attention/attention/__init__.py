@@ -1,4 +1,8 @@
-"""The attention family behind one interface: MHA, GQA/MQA, MLA and Tucker attention."""
+"""The attention family behind one interface: MHA, GQA/MQA, MLA and Tucker attention.
+
+``METHODS`` (``registry.py``) holds one spec per method; ``build(method, d_model, n_heads, **sizes)`` makes
+its layer.
+"""
 
 from .backends import BACKENDS, attend, available_backends
 from .base import AttentionLayer
@@ -7,9 +11,10 @@ from .factors import TuckerFactors
 from .gqa import GroupedQueryAttention
 from .mha import MultiHeadAttention
 from .mla import MultiHeadLatentAttention
+from .registry import METHODS, MethodSpec, build, method_names, spec
 from .rope import apply_rope, rope_angles, rope_matrix
 from .tucker import TuckerAttention
 
-__all__ = ["AttentionLayer", "BACKENDS", "GroupedQueryAttention", "KVCache", "MultiHeadAttention",
-           "MultiHeadLatentAttention", "TuckerAttention", "TuckerFactors", "apply_rope", "attend",
-           "available_backends", "rope_angles", "rope_matrix"]
+__all__ = ["AttentionLayer", "BACKENDS", "GroupedQueryAttention", "KVCache", "METHODS", "MethodSpec",
+           "MultiHeadAttention", "MultiHeadLatentAttention", "TuckerAttention", "TuckerFactors", "apply_rope",
+           "attend", "available_backends", "build", "method_names", "rope_angles", "rope_matrix", "spec"]

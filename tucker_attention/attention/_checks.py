@@ -1,61 +1,14 @@
-"""Small input checks shared by the attention layers.
-
-Every message names the argument, the value it had and the rule it broke, so a user can fix the call
-without reading the source (torchtune's style).
-"""
+"""The attention layers' call checks (input ``x``, ``positions``); argument checks live in
+:mod:`tucker_attention.validation` and are re-exported here for the layers."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
+from ..validation import check_bool, check_choice, check_divisible, check_even, check_float, check_int, check_ranks
 
-def check_int(name: str, value: object, *, low: int = 1, high: int | None = None) -> int:
-    """Return ``value`` if it is an int in ``[low, high]``; raise ``TypeError``/``ValueError`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        rule = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be {rule}, got {name}={value}")
-    return value
-
-
-def check_divisible(name: str, value: int, by_name: str, by: int) -> None:
-    if value % by != 0:
-        raise ValueError(f"{name}={value} must be divisible by {by_name}={by}")
-
-
-def check_even(name: str, value: int, why: str) -> None:
-    if value % 2 != 0:
-        raise ValueError(f"{name}={value} must be even {why}")
-
-
-def check_float(name: str, value: object, *, low: float, high: float, high_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {value!r} of type {type(value).__name__}")
-    bad = value < low or value > high or (high_open and value == high)
-    if bad:
-        bracket = ")" if high_open else "]"
-        raise ValueError(f"{name} must be in [{low}, {high}{bracket}, got {name}={value}")
-    return float(value)
-
-
-def check_ranks(name: str, ranks: object, limits: Sequence[int], limit_names: Sequence[str]) -> tuple[int, ...]:
-    """Check a Tucker rank triple: three ints, ``1 <= r_k <= limits[k]``."""
-    if isinstance(ranks, (str, bytes)) or not isinstance(ranks, Sequence):
-        raise TypeError(f"{name} must be a sequence of {len(limits)} ints, got {ranks!r}")
-    if len(ranks) != len(limits):
-        raise ValueError(f"{name} must have {len(limits)} entries (head, query/output, key/value ranks), "
-                         f"got {len(ranks)}: {tuple(ranks)!r}")
-    out = []
-    for k, (r, lim, lim_name) in enumerate(zip(ranks, limits, limit_names)):
-        if isinstance(r, bool) or not isinstance(r, int):
-            raise TypeError(f"{name}[{k}] must be an int, got {r!r} of type {type(r).__name__}")
-        if not 1 <= r <= lim:
-            raise ValueError(f"{name}[{k}]={r} must be in [1, {lim_name}={lim}] (got {name}={tuple(ranks)})")
-        out.append(int(r))
-    return tuple(out)
+__all__ = ["check_bool", "check_choice", "check_divisible", "check_even", "check_float", "check_input", "check_int",
+           "check_positions", "check_ranks"]
 
 
 def check_input(x: object, d_model: int, *, param: torch.Tensor | None = None) -> torch.Tensor:

@@ -41,7 +41,7 @@ class GroupedQueryAttention(AttentionLayer):
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, *, rope: bool = False, bias: bool = False,
                  **kwargs) -> None:
         super().__init__(d_model, n_heads, **kwargs)
-        self.n_kv_heads = check_int("n_kv_heads", n_kv_heads, high=n_heads)
+        self.n_kv_heads = check_int("n_kv_heads", n_kv_heads, high=n_heads, high_name="n_heads")
         check_divisible("n_heads", n_heads, "n_kv_heads", n_kv_heads)
         if not isinstance(rope, bool):
             raise TypeError(f"rope must be a bool for {type(self).__name__}, got rope={rope!r}")

@@ -32,7 +32,7 @@ import math
 import torch
 from torch import nn
 
-from ._checks import check_even, check_float, check_int
+from ._checks import check_bool, check_even, check_float, check_int
 from .base import AttentionLayer
 from .factors import TuckerFactors
 
@@ -61,15 +61,15 @@ class MultiHeadLatentAttention(AttentionLayer):
                  rope: str | None = None, rope_dim: int | None = None, latent_norm: str | None = None,
                  norm_eps: float = 1e-6, **kwargs) -> None:
         super().__init__(d_model, n_heads, **kwargs)
-        self.q_latent = check_int("q_latent", q_latent)
-        self.kv_latent = check_int("kv_latent", kv_latent)
-        if not isinstance(separate_kv, bool):
-            raise TypeError(f"separate_kv must be a bool, got separate_kv={separate_kv!r}")
+        # a latent wider than d_model adds parameters without adding rank (like Tucker ranks above d_model)
+        self.q_latent = check_int("q_latent", q_latent, high=d_model, high_name="d_model")
+        self.kv_latent = check_int("kv_latent", kv_latent, high=d_model, high_name="d_model")
+        check_bool("separate_kv", separate_kv)
         if rope not in ROPE_MODES:
             raise ValueError(f"rope must be one of {ROPE_MODES} for MultiHeadLatentAttention, got rope={rope!r}")
         if latent_norm not in LATENT_NORMS:
             raise ValueError(f"latent_norm must be one of {LATENT_NORMS}, got latent_norm={latent_norm!r}")
-        check_float("norm_eps", norm_eps, low=0.0, high=float("inf"))
+        check_float("norm_eps", norm_eps, low=0.0)
         self.separate_kv = separate_kv
         self.rope = rope
         self.latent_norm = latent_norm
@@ -77,7 +77,7 @@ class MultiHeadLatentAttention(AttentionLayer):
             check_even("kv_latent", kv_latent, "for latent RoPE (rope='latent' rotates pairs of latent dims)")
         if rope == "decoupled":
             rope_dim = self.head_dim // 2 if rope_dim is None else rope_dim
-            check_int("rope_dim", rope_dim)
+            rope_dim = check_int("rope_dim", rope_dim)
             check_even("rope_dim", rope_dim, "for decoupled RoPE")
         elif rope_dim is not None:
             raise ValueError(f"rope_dim={rope_dim} is only used with rope='decoupled', got rope={rope!r}")

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
-from .text import _check_choice, _check_fraction, _check_int, _import_optional
+from ..validation import check_choice, check_float, check_int
+from .text import _import_optional
 
 CIFAR10 = "uoft-cs/cifar10"
 _ONE_CHANNEL_MODES = ("1", "L", "LA", "I", "I;16", "F", "P;L")
@@ -192,9 +193,9 @@ def digits(*, val_fraction: float = 0.2, seed: int = 0, image_size: int = 8) -> 
     Returns:
         ImageData with ``ImageTensorDataset`` splits: ``train.images`` (N_train, 1, S, S), ``labels``.
     """
-    val_fraction = _check_fraction("val_fraction", val_fraction)
-    seed = _check_int("seed", seed, minimum=0)
-    image_size = _check_int("image_size", image_size, minimum=8)
+    val_fraction = check_float("val_fraction", val_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
+    seed = check_int("seed", seed, low=0)
+    image_size = check_int("image_size", image_size, low=8)
     if image_size % 8:
         raise ValueError(f"image_size must be a multiple of 8, got {image_size}")
     sklearn_datasets = _import_optional("sklearn.datasets")
@@ -348,19 +349,19 @@ def _hf_image_data(
     max_train: int | None,
     max_val: int | None,
 ) -> ImageData:
-    image_size = _check_int("image_size", image_size, minimum=1)
-    val_fraction = _check_fraction("val_fraction", val_fraction)
-    seed = _check_int("seed", seed, minimum=0)
-    stats_samples = _check_int("stats_samples", stats_samples, minimum=1)
+    image_size = check_int("image_size", image_size, low=1)
+    val_fraction = check_float("val_fraction", val_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
+    seed = check_int("seed", seed, low=0)
+    stats_samples = check_int("stats_samples", stats_samples, low=1)
     if channels is not None:
-        channels = _check_int("channels", channels, minimum=1)
+        channels = check_int("channels", channels, low=1)
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
     train, val = _train_val_splits(dsdict, train_split=train_split, val_split=val_split,
                                    val_fraction=val_fraction, seed=seed, label_column=label_column)
     for arg, limit in (("max_train", max_train), ("max_val", max_val)):
         if limit is not None:
-            _check_int(arg, limit, minimum=1)
+            check_int(arg, limit, low=1)
     if max_train is not None and max_train < len(train):
         train = train.shuffle(seed=seed).select(range(max_train))
     if max_val is not None and max_val < len(val):
@@ -498,7 +499,7 @@ IMAGE_LOADERS: dict[str, Callable[..., ImageData]] = {
 def load_images(name: str = "digits", **kwargs: Any) -> ImageData:
     """Load images by name: ``"digits"`` (offline), ``"cifar10"``, ``"image_folder"``; ``kwargs`` go to
     :func:`digits`, :func:`cifar10` or :func:`image_folder`."""
-    _check_choice("name", name, sorted(IMAGE_LOADERS))
+    check_choice("name", name, sorted(IMAGE_LOADERS))
     return IMAGE_LOADERS[name](**kwargs)
 
 
@@ -519,10 +520,10 @@ class SeededSampler(Sampler[int]):
 
     def __init__(self, num_samples: int, *, shuffle: bool = True, seed: int = 0,
                  num_replicas: int = 1, rank: int = 0) -> None:
-        self.num_samples = _check_int("num_samples", num_samples, minimum=1)
-        self.seed = _check_int("seed", seed, minimum=0)
-        self.num_replicas = _check_int("num_replicas", num_replicas, minimum=1)
-        self.rank = _check_int("rank", rank, minimum=0)
+        self.num_samples = check_int("num_samples", num_samples, low=1)
+        self.seed = check_int("seed", seed, low=0)
+        self.num_replicas = check_int("num_replicas", num_replicas, low=1)
+        self.rank = check_int("rank", rank, low=0)
         if self.rank >= self.num_replicas:
             raise ValueError(f"rank must be < num_replicas={num_replicas}, got {rank}")
         self.shuffle = bool(shuffle)
@@ -531,8 +532,8 @@ class SeededSampler(Sampler[int]):
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """The next ``iter()`` yields epoch ``epoch``'s order from position ``start`` (this rank's)."""
-        self.epoch = _check_int("epoch", epoch, minimum=0)
-        self.start = _check_int("start", start, minimum=0)
+        self.epoch = check_int("epoch", epoch, low=0)
+        self.start = check_int("start", start, low=0)
 
     def indices(self, epoch: int) -> list[int]:
         """This rank's full order of epoch ``epoch``."""
@@ -578,8 +579,8 @@ def make_loader(
     Returns:
         DataLoader yielding ``(images (B, C, H, W), labels (B,) int64)`` for image data sets.
     """
-    batch_size = _check_int("batch_size", batch_size, minimum=1)
-    num_workers = _check_int("num_workers", num_workers, minimum=0)
+    batch_size = check_int("batch_size", batch_size, low=1)
+    num_workers = check_int("num_workers", num_workers, low=0)
     if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
         raise TypeError(f"dataset must be a map-style Dataset (with __len__ and __getitem__), got "
                         f"{type(dataset).__name__}")

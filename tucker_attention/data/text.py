@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import sysconfig
-import tempfile
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ..files import atomic_write
+from ..validation import check_choice, check_float, check_int
 
 TINYSHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -52,33 +54,7 @@ _EXTRA_HINT = 'install the data extra: pip install "tucker-attention[data]"'
 
 
 # ----------------------------------------------------------------------------------------------
-# argument checks (messages name the argument, the value and the rule)
-
-
-def _check_int(name: str, value: Any, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_fraction(name: str, value: Any, *, high: float = 1.0, high_inclusive: bool = False) -> float:
-    """``value`` must be a real number with ``0 < value < high`` (or ``<= high``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a float, got {value!r} of type {type(value).__name__}")
-    if not (0 < value <= high if high_inclusive else 0 < value < high):
-        rule = f"0 < {name} {'<=' if high_inclusive else '<'} {high}"
-        raise ValueError(f"{name} must satisfy {rule}, got {value!r}")
-    return float(value)
-
-
-def _check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, one of {list(choices)}, got {value!r}")
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-    return value
+# optional dependencies
 
 
 def _import_optional(module: str) -> Any:
@@ -98,20 +74,6 @@ def default_cache_dir() -> Path:
         return Path(os.environ["TUCKER_ATTENTION_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "tucker_attention"
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write ``path`` through a temporary file in the same folder and ``os.replace`` — readers never see
-    a half-written file, and an interrupted download leaves no file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,7 +109,7 @@ def get_tokenizer(name: str = "bytes") -> Tokenizer:
     """The tokenizer called ``name``: ``"bytes"`` (UTF-8 bytes, vocab 256) or ``"gpt2"`` (tiktoken BPE,
     vocab 50257). The GPT-2 encoding files are downloaded by tiktoken on first use (then cached in
     ``$TIKTOKEN_CACHE_DIR``); without internet and without that cache, ``"gpt2"`` raises RuntimeError."""
-    return _load_tokenizer(_check_choice("tokenizer", name, TOKENIZERS))
+    return _load_tokenizer(check_choice("tokenizer", name, TOKENIZERS))
 
 
 @functools.cache
@@ -194,7 +156,7 @@ class TextData:
     info: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        _check_choice("tokenizer", self.tokenizer, TOKENIZERS)
+        check_choice("tokenizer", self.tokenizer, TOKENIZERS)
         for split in ("train", "val"):
             t = getattr(self, split)
             if not isinstance(t, torch.Tensor):
@@ -257,7 +219,7 @@ def stdlib_files(*, val_fraction: float = 0.1) -> tuple[list[Path], list[Path]]:
     Returns:
         (train_paths, val_paths): disjoint, each sorted.
     """
-    val_fraction = _check_fraction("val_fraction", val_fraction, high=0.5, high_inclusive=True)
+    val_fraction = check_float("val_fraction", val_fraction, low=0.0, high=0.5, low_open=True)
     root = Path(sysconfig.get_paths()["stdlib"])
     files = sorted(
         (p for p in root.glob("*.py") if p.is_file() and not p.name.startswith("_sysconfigdata")),
@@ -311,7 +273,7 @@ def stdlib_corpus(
         TextData with ``uint8`` streams ``train`` (N_train,), ``val`` (N_val,); ``info`` lists the files.
     """
     if max_bytes is not None:
-        max_bytes = _check_int("max_bytes", max_bytes, minimum=2)
+        max_bytes = check_int("max_bytes", max_bytes, low=2)
     train_paths, val_paths = stdlib_files(val_fraction=val_fraction)
     train_cap = val_cap = None
     if max_bytes is not None:
@@ -355,7 +317,7 @@ def download(url: str, path: str | os.PathLike[str], *, timeout: float = 60.0) -
                 f.write(chunk)
 
     try:
-        _atomic_write(path, write)
+        atomic_write(path, write)
     except OSError as e:  # URLError is an OSError
         raise OSError(
             f"could not download {url!r} to {str(path)!r} ({type(e).__name__}: {e}); without internet, "
@@ -383,7 +345,7 @@ def tinyshakespeare(
         url: where to download from (any ``urllib`` URL, e.g. ``file:///path/input.txt``).
         val_fraction: validation fraction of the bytes, ``0 < f < 1``.
     """
-    val_fraction = _check_fraction("val_fraction", val_fraction)
+    val_fraction = check_float("val_fraction", val_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     name = "input.txt" if url == TINYSHAKESPEARE_URL else f"input-{_hash(url)}.txt"
     path = download(url, cache / "tinyshakespeare" / name)
@@ -439,8 +401,8 @@ def openwebtext(
         TextData with ``int32`` (GPT-2) or ``uint8`` (bytes) streams.
     """
     if max_tokens is not None:
-        max_tokens = _check_int("max_tokens", max_tokens, minimum=2)
-    val_fraction = _check_fraction("val_fraction", val_fraction)
+        max_tokens = check_int("max_tokens", max_tokens, low=2)
+    val_fraction = check_float("val_fraction", val_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
     tok = get_tokenizer(tokenizer)
     for arg, value in (("split", split), ("dataset_name", dataset_name), ("text_column", text_column)):
         if not isinstance(value, str):
@@ -463,7 +425,7 @@ def openwebtext(
         )
         array = _tokenize_documents((row[text_column] for row in ds), tok, max_tokens)
         if bin_path is not None:
-            _atomic_write(bin_path, lambda f: f.write(array.tobytes()))
+            atomic_write(bin_path, lambda f: f.write(array.tobytes()))
     tokens = torch.from_numpy(array.astype(np.int32 if tok.torch_dtype == torch.int32 else np.uint8))
     train, val = _split_stream(tokens, val_fraction)
     return TextData(
@@ -505,7 +467,7 @@ TEXT_LOADERS: dict[str, Callable[..., TextData]] = {
 def load_text(name: str = "stdlib", **kwargs: Any) -> TextData:
     """Load a corpus by name: ``"stdlib"`` (offline), ``"tinyshakespeare"``, ``"openwebtext"``;
     ``kwargs`` go to :func:`stdlib_corpus`, :func:`tinyshakespeare` or :func:`openwebtext`."""
-    _check_choice("name", name, sorted(TEXT_LOADERS))
+    check_choice("name", name, sorted(TEXT_LOADERS))
     return TEXT_LOADERS[name](**kwargs)
 
 
@@ -532,8 +494,8 @@ def get_batch(
     Returns:
         x, y: (B, T) ``int64`` on ``device``; ``y[:, :-1] == x[:, 1:]``.
     """
-    batch_size = _check_int("batch_size", batch_size, minimum=1)
-    block_size = _check_int("block_size", block_size, minimum=1)
+    batch_size = check_int("batch_size", batch_size, low=1)
+    block_size = check_int("block_size", block_size, low=1)
     if isinstance(data, np.ndarray):
         kind = data.dtype.kind
     elif isinstance(data, torch.Tensor):

@@ -2,17 +2,17 @@
 
     from tucker_attention.models import GPT, GPTConfig, AttentionConfig
     cfg = GPTConfig(vocab_size=256, block_size=64, n_layer=2, d_model=64, n_heads=4,
-                    attention=AttentionConfig(kind="tucker", ranks=(2, 16, 16)))
+                    attention=AttentionConfig(method="tucker", ranks=(2, 16, 16)))
     model = GPT(config=cfg)
     logits, loss = model(idx, targets)
 """
 
 from .blocks import MLP, Block, attention_layers, init_weights
-from .config import ATTENTION_KINDS, AttentionConfig, GPTConfig, ViTConfig, build_attention
+from .config import AttentionConfig, GPTConfig, ViTConfig, build_attention
 from .gpt import GPT
 from .vit import ViT
 
-__all__ = ["ATTENTION_KINDS", "GPT", "MLP", "AttentionConfig", "Block", "GPTConfig", "ViT", "ViTConfig",
+__all__ = ["GPT", "MLP", "AttentionConfig", "Block", "GPTConfig", "ViT", "ViTConfig",
            "attention_layers", "build_attention", "build_model", "init_weights"]
 
 

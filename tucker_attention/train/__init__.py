@@ -6,12 +6,12 @@
     result = train(model_cfg, TrainConfig(task="lm", steps=200), data=data)
 """
 
-from .checkpoint import load_checkpoint, load_model, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from .config import TrainConfig, lr_at
 from .distributed import DistInfo, init_distributed
-from .loop import NonFiniteLossError, TrainResult, make_optimizer, param_groups, train
+from .loop import NonFiniteLossError, TrainingInterrupted, TrainResult, make_optimizer, param_groups, train
 from .tasks import ImageTask, LMTask, load_data, make_task, model_config_for
 
-__all__ = ["DistInfo", "ImageTask", "LMTask", "NonFiniteLossError", "TrainConfig", "TrainResult", "init_distributed",
-           "load_checkpoint", "load_data", "load_model", "lr_at", "make_optimizer", "make_task", "model_config_for",
-           "param_groups", "save_checkpoint", "train"]
+__all__ = ["CheckpointError", "DistInfo", "ImageTask", "LMTask", "NonFiniteLossError", "TrainConfig", "TrainResult",
+           "TrainingInterrupted", "init_distributed", "load_checkpoint", "load_data", "load_model", "lr_at",
+           "make_optimizer", "make_task", "model_config_for", "param_groups", "save_checkpoint", "train"]

@@ -9,26 +9,14 @@ from typing import Any
 
 import torch
 
+from ..validation import check_bool, check_choice, check_float, check_int
+
 __all__ = ["DEFAULT_DATA", "DTYPES", "SCHEDULES", "TASKS", "TrainConfig", "lr_at"]
 
 TASKS = ("lm", "vit")
 DEFAULT_DATA = {"lm": "stdlib", "vit": "digits"}
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULES = ("cosine", "constant")
-
-
-def _int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {name}={value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {name}={value}")
-
-
-def _float(name: str, value: Any, *, low: float = 0.0, strict: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a finite float, got {name}={value!r}")
-    if value < low or (strict and value == low):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {low}, got {name}={value}")
 
 
 @dataclass(kw_only=True)
@@ -87,8 +75,7 @@ class TrainConfig:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {list(TASKS)}, got task={self.task!r}")
+        check_choice("task", self.task, TASKS)
         if self.data is None:
             self.data = DEFAULT_DATA[self.task]
         if not isinstance(self.data, str):
@@ -96,27 +83,26 @@ class TrainConfig:
         if not isinstance(self.data_kwargs, Mapping):
             raise TypeError(f"data_kwargs must be a dict, got {type(self.data_kwargs).__name__}")
         self.data_kwargs = dict(self.data_kwargs)
-        _int("steps", self.steps, 1)
-        _int("batch_size", self.batch_size, 1)
-        _int("grad_accum", self.grad_accum, 1)
-        _float("lr", self.lr, strict=True)
+        self.steps = check_int("steps", self.steps, low=1)
+        self.batch_size = check_int("batch_size", self.batch_size, low=1)
+        self.grad_accum = check_int("grad_accum", self.grad_accum, low=1)
+        self.lr = check_float("lr", self.lr, low=0.0, low_open=True)
         if self.min_lr is None:
             self.min_lr = self.lr / 10
-        _float("min_lr", self.min_lr)
+        self.min_lr = check_float("min_lr", self.min_lr, low=0.0)
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr must be <= lr, got min_lr={self.min_lr} and lr={self.lr}")
-        _int("warmup_steps", self.warmup_steps, 0)
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got schedule={self.schedule!r}")
-        _float("weight_decay", self.weight_decay)
+        self.warmup_steps = check_int("warmup_steps", self.warmup_steps, low=0)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        self.weight_decay = check_float("weight_decay", self.weight_decay, low=0.0)
         if len(tuple(self.betas)) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got betas={self.betas!r}")
         self.betas = tuple(float(b) for b in self.betas)
-        _float("grad_clip", self.grad_clip)
+        self.grad_clip = check_float("grad_clip", self.grad_clip, low=0.0)
         for name in ("eval_every", "eval_batches", "checkpoint_every", "num_workers"):
-            _int(name, getattr(self, name), 0)
-        _int("log_every", self.log_every, 1)
-        _int("seed", self.seed, 0)
+            setattr(self, name, check_int(name, getattr(self, name), low=0))
+        self.log_every = check_int("log_every", self.log_every, low=1)
+        self.seed = check_int("seed", self.seed, low=0)
         if not isinstance(self.device, str) or not self.device:
             raise TypeError(f"device must be a str like 'auto', 'cpu', 'cuda', got device={self.device!r}")
         if self.device != "auto":
@@ -125,11 +111,9 @@ class TrainConfig:
             except RuntimeError:
                 raise ValueError(f"device must be 'auto' or a torch device like 'cpu', 'cuda', 'cuda:1', "
                                  f"got device={self.device!r}") from None
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {list(DTYPES)}, got dtype={self.dtype!r}")
+        check_choice("dtype", self.dtype, DTYPES)
         for name in ("compile", "resume", "progress"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be a bool, got {name}={getattr(self, name)!r}")
+            check_bool(name, getattr(self, name))
         if self.resume and self.out_dir is None:
             raise ValueError("resume=True needs out_dir (the checkpoint is out_dir/ckpt.pt)")
         if self.out_dir is not None:

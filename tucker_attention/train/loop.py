@@ -28,6 +28,7 @@ from ..models import GPTConfig, ViTConfig, build_model
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_NAME,
+    CheckpointError,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
@@ -45,8 +46,8 @@ from .distributed import (
 )
 from .tasks import derive_seed, load_data, make_task
 
-__all__ = ["METRICS_NAME", "NonFiniteLossError", "TrainResult", "make_optimizer", "param_groups",
-           "resolve_device", "resolve_dtype", "train"]
+__all__ = ["METRICS_NAME", "NonFiniteLossError", "TrainResult", "TrainingInterrupted", "make_optimizer",
+           "param_groups", "resolve_device", "resolve_dtype", "train"]
 
 METRICS_NAME = "metrics.jsonl"
 _SHORT = {"tokens": "tok/s", "images": "img/s"}
@@ -63,6 +64,19 @@ class NonFiniteLossError(RuntimeError):
         super().__init__(message)
         self.step = step
         self.value = value
+        self.checkpoint = checkpoint
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (``KeyboardInterrupt``) stopped training; the run was checkpointed first where it could be.
+
+    Attributes: ``step`` (optimizer steps done), ``checkpoint`` (path of the checkpoint holding them — resume
+    from it with ``resume=True`` / ``--resume`` — or None: no ``out_dir``, or under DDP the last periodic one).
+    """
+
+    def __init__(self, message: str, *, step: int, checkpoint: str | None) -> None:
+        super().__init__(message)
+        self.step = step
         self.checkpoint = checkpoint
 
 
@@ -131,10 +145,6 @@ def _autocast_factory(device: torch.device, dtype: torch.dtype) -> Callable[[], 
     if dtype == torch.float32:
         return contextlib.nullcontext
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _model_kind(model_config: GPTConfig | ViTConfig) -> str:
-    return "gpt" if isinstance(model_config, GPTConfig) else "vit"
 
 
 class _Metrics:
@@ -234,11 +244,13 @@ def _train(model_config, cfg: TrainConfig, data, on_step, info: DistInfo) -> Tra
         model.train()
         return {"step": step, **out}
 
-    def checkpoint(step: int) -> str | None:
-        rng, data_state = gather_objects(capture_rng_state()), gather_objects(task.state_dict())
+    def checkpoint(step: int, states: tuple[list, list] | None = None) -> str | None:
+        """Save everything a bit-exact resume at ``step`` needs; ``states``: (rng, data) captured earlier."""
+        rng, data_state = states if states is not None else (gather_objects(capture_rng_state()),
+                                                             gather_objects(task.state_dict()))
         if info.is_main:
             save_checkpoint(ckpt_path, {
-                "format": CHECKPOINT_FORMAT, "kind": _model_kind(model_config), "step": step,
+                "format": CHECKPOINT_FORMAT, "task": cfg.task, "step": step,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "model_config": model_config.to_dict(), "train_config": cfg.to_dict(),
@@ -291,12 +303,14 @@ def _train(model_config, cfg: TrainConfig, data, on_step, info: DistInfo) -> Tra
     bar = tqdm(total=cfg.steps, initial=start_step, disable=not (cfg.progress and info.is_main),
                dynamic_ncols=True, desc=f"{cfg.task} {model_config.attention.label()}")
     train_time, timed_items, window_loss, window_items, window_time = 0.0, 0, [], 0, 0.0
+    completed, saved_step = start_step, start_step if resumed else None
+    snapshot = (start_step, [capture_rng_state()], [task.state_dict()]) if ckpt_path is not None else None
     try:
         for step in range(start_step, cfg.steps):
             t0 = time.perf_counter()
             lr = lr_at(step, cfg)
             loss_value, grad_norm = optimizer_step(step, lr)
-            done = step + 1
+            done = completed = step + 1
             dt = time.perf_counter() - t0
             if step > start_step or cfg.steps - start_step == 1:     # the first step of a call warms up
                 train_time += dt
@@ -320,10 +334,14 @@ def _train(model_config, cfg: TrainConfig, data, on_step, info: DistInfo) -> Tra
                 record.update({k: v for k, v in evals[-1].items() if k != "step"})
             if ckpt_path is not None and ((cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
                                           or done == cfg.steps):
-                last_good = checkpoint(done)
+                last_good, saved_step = checkpoint(done), done
             bar.update(1)
             if on_step is not None:
                 on_step(done, record, model)
+            if ckpt_path is not None and not info.enabled:      # the state a Ctrl-C in the next step resumes
+                snapshot = (done, [capture_rng_state()], [task.state_dict()])
+    except KeyboardInterrupt as e:
+        raise _interrupted(completed, saved_step, last_good, snapshot, checkpoint, info) from e
     finally:
         bar.close()
     if not evals:                                               # resumed a finished run: evaluate once
@@ -349,16 +367,38 @@ def _non_finite(what: str, value: float, step: int, last_good: str | None, cfg: 
         step=step, value=value, checkpoint=last_good)
 
 
+def _interrupted(completed: int, saved_step: int | None, last_good: str | None, snapshot, checkpoint,
+                 info: DistInfo) -> TrainingInterrupted:
+    """Checkpoint the ``completed`` steps after Ctrl-C (single process, with ``out_dir``) and say where.
+
+    ``snapshot`` holds the RNG and data-sampler states right after the last full step, so the checkpoint
+    resumes bit-exactly even when the interrupt came in the middle of the next step's batches. Under DDP the
+    processes cannot agree on a step after a signal: the last periodic checkpoint stays the one to resume.
+    """
+    if snapshot is not None and not info.enabled and completed != saved_step:
+        step, rng, data = snapshot
+        states = (rng, data) if step == completed else None      # interrupted after the step, before the snapshot
+        last_good, saved_step = checkpoint(completed, states), completed
+    if last_good is None:
+        where = "nothing was saved (no out_dir)" if snapshot is None else "no checkpoint was written"
+    else:
+        where = f"checkpoint {last_good!r} holds step {saved_step}"
+    return TrainingInterrupted(f"interrupted after {completed} steps; {where}", step=saved_step or 0,
+                               checkpoint=last_good)
+
+
 def _check_resumable(state: dict[str, Any], model_config, cfg: TrainConfig, info: DistInfo) -> None:
-    if state["model_config"] != model_config.to_dict():
-        raise ValueError("cannot resume: the checkpoint's model config differs from this run's "
-                         f"(checkpoint {state['model_config']} vs {model_config.to_dict()})")
+    saved_model = type(model_config).from_dict(state["model_config"]).to_dict()   # older files say "kind"
+    if saved_model != model_config.to_dict():
+        raise CheckpointError("cannot resume: the checkpoint's model config differs from this run's "
+                              f"(checkpoint {saved_model} vs {model_config.to_dict()})")
     if state.get("world_size", 1) != info.world_size:
-        raise ValueError(f"cannot resume bit-exactly: the checkpoint was written by {state.get('world_size')} "
+        raise CheckpointError(f"cannot resume bit-exactly: the checkpoint was written by {state.get('world_size')} "
                          f"processes, this run has {info.world_size}")
     saved = state["train_config"]
     for key in ("task", "batch_size", "grad_accum", "seed"):
         if saved[key] != getattr(cfg, key):
-            raise ValueError(f"cannot resume: {key} changed from {saved[key]!r} (checkpoint) to {getattr(cfg, key)!r}")
+            raise CheckpointError(f"cannot resume: {key} changed from {saved[key]!r} (checkpoint) to "
+                                  f"{getattr(cfg, key)!r}")
     if int(state["step"]) > cfg.steps:
-        raise ValueError(f"the checkpoint is at step {state['step']}, beyond steps={cfg.steps}")
+        raise CheckpointError(f"the checkpoint is at step {state['step']}, beyond steps={cfg.steps}")
