@@ -3,6 +3,9 @@ whole-model conversion. Checked in float64 against dense tensors built here by e
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 import torch
 from reference import randomize, rel
@@ -225,3 +228,86 @@ def test_compress_model_hooi_is_no_worse_than_hosvd():
     _, hooi = compress_model(model, "tucker", ranks=(2, 8, 8), decomposition="hooi")
     for a, b in zip(hosvd, hooi):
         assert b["rel_error_W"] <= a["rel_error_W"] + 1e-12
+
+
+# ------------------------------------------------------------------------------ the protocol runner
+def _tiny_preset(**changes):
+    from tucker_attention.train.compress import CompressPreset, Variant
+
+    p = CompressPreset(
+        name="tiny", task="vit", description="test", data="digits", data_kwargs={"image_size": 8},
+        model={"n_layer": 1, "d_model": 16, "n_heads": 4, "patch_size": 4, "pool": "mean"},
+        pretrain={"steps": 12, "batch_size": 16, "lr": 3e-3, "warmup_steps": 2, "eval_every": 0, "log_every": 4},
+        finetune={"steps": 6, "batch_size": 16, "lr": 1e-3, "warmup_steps": 2, "eval_every": 0, "log_every": 2},
+        variants=(Variant("mha"), Variant("mqa"), Variant("tucker", {"ranks": (2, 8, 4)})), seeds=2, threads=1)
+    return dataclasses.replace(p, **changes)
+
+
+def test_finetune_from_the_initial_model_equals_training(tmp_path):
+    """finetune() writes the model as a run's step-0 checkpoint and resumes: started from the weights a fresh run
+    would initialize, it reproduces that run's losses exactly."""
+    from tucker_attention.models import build_model
+    from tucker_attention.train import TrainConfig, load_data, model_config_for, train
+    from tucker_attention.train.compress import finetune
+
+    data = load_data("vit", "digits")
+    mcfg = model_config_for("vit", data, n_layer=1, d_model=16, n_heads=4, patch_size=4)
+    cfg = TrainConfig(task="vit", steps=8, batch_size=16, warmup_steps=2, eval_every=0, log_every=2, seed=3,
+                      progress=False, out_dir=str(tmp_path / "a"))
+    ref = train(mcfg, cfg, data=data)
+    torch.manual_seed(cfg.seed)
+    start = build_model(mcfg)
+    got = finetune(start, mcfg, dataclasses.replace(cfg, out_dir=str(tmp_path / "b")), data=data)
+    assert got.history == ref.history
+    assert got.final["val_acc"] == ref.final["val_acc"]
+
+    def curve(run):
+        lines = [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [(x["step"], x.get("train_loss"), x.get("val_loss")) for x in lines]
+
+    assert curve("b") == curve("a") and len(curve("a")) == 5
+
+
+def test_compress_sweep_records_and_skips(tmp_path):
+    from tucker_attention.train.compress import file_sha256, protocol_rows, protocol_table, run_compress_sweep
+
+    preset = _tiny_preset()
+    records = run_compress_sweep("vit", preset, out_dir=tmp_path, progress=False)
+    assert [r["run"] for r in records] == [f"vit-tiny-{v}-s{s}" for v in ("mha", "mqa", "tucker-2-8-4")
+                                           for s in (0, 1)]
+    sha = file_sha256(tmp_path / "source.pt")
+    for r in records:
+        assert r["source_sha256"] == sha and r["finetune_steps"] == 6 and r["protocol"] == "compress"
+        assert (tmp_path / "runs" / r["run"] / "metrics.jsonl").is_file()
+        assert not (tmp_path / "runs" / r["run"] / "ckpt.pt").exists()
+    mha = [r for r in records if r["method"] == "mha"]
+    assert mha[0]["converted_val_acc"] == mha[0]["source_val_acc"]  # the unconverted copy evaluates the same
+    assert mha[0]["rel_error_W_mean"] == 0.0
+    tucker = records[-1]
+    assert tucker["attention_params"] == 2 * (2 * 8 * 4 + 4 * 2 + 16 * 8 + 16 * 4)
+    assert len(tucker["conversion"]) == 1 and 0 < tucker["rel_error_W_mean"] < 1
+    rows = protocol_rows(records)
+    assert [r["n"] for r in rows] == [2, 2, 2] and "Tucker [2,8,4]" in protocol_table(records)
+    again = run_compress_sweep("vit", preset, out_dir=tmp_path, progress=False)   # all recorded: skipped
+    assert again == records
+    assert len((tmp_path / "records.jsonl").read_text().splitlines()) == 6
+
+
+def test_compress_and_finetune_writes_a_loadable_checkpoint(tmp_path):
+    from tucker_attention.models import attention_layers
+    from tucker_attention.train import load_data, load_model
+    from tucker_attention.train.compress import compress_and_finetune, pretrain_source
+
+    source = pretrain_source(_tiny_preset(), tmp_path, data=load_data("vit", "digits"), progress=False)
+    r0 = compress_and_finetune(source, "tucker", ranks=(2, 8, 4), out_dir=tmp_path / "c0", progress=False)
+    assert r0["finetune_steps"] == 0 and r0["val_acc"] == r0["converted_val_acc"]
+    m0 = load_model(tmp_path / "c0" / "ckpt.pt")
+    assert all(isinstance(m, TuckerAttention) and m.ranks == (2, 8, 4) for m in attention_layers(m0))
+    r1 = compress_and_finetune(source, "gqa", n_kv_heads=2, out_dir=tmp_path / "c1", finetune_steps=4,
+                               train_overrides={"log_every": 1}, progress=False)
+    assert r1["finetune_steps"] == 4 and r1["converted_val_acc"] is not None
+    m1 = load_model(tmp_path / "c1" / "ckpt.pt")
+    assert all(isinstance(m, GroupedQueryAttention) and m.n_kv_heads == 2 for m in attention_layers(m1))
+    assert len((tmp_path / "c1" / "metrics.jsonl").read_text().splitlines()) >= 4
+    with pytest.raises(ValueError, match="takes no sizes"):
+        compress_and_finetune(source, "mha", ranks=(1, 2, 3), out_dir=tmp_path / "bad")
