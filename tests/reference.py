@@ -108,7 +108,7 @@ def tucker_reference(layer, x: torch.Tensor, causal: bool, positions=None) -> to
                      for i in range(layer.n_heads)])
     Gt = torch.stack([sum(layer.post_U1[i, a] * layer.post_core[a] for a in range(layer.post_ranks[0]))
                       for i in range(layer.n_heads)])
-    Ut3 = layer.U3 if layer.shared_kv else layer._post_U3
+    Ut3 = layer.post_U3
     outs = []
     for b in range(x.shape[0]):
         X = x[b]

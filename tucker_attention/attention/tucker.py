@@ -67,16 +67,12 @@ class TuckerAttention(AttentionLayer):
         self.post_core = nn.Parameter(torch.empty(p1, p2, p3))
         self.post_U1 = nn.Parameter(torch.empty(n_heads, p1))
         self.post_U2 = nn.Parameter(torch.empty(d_model, p2))
-        self._post_U3 = None if shared_kv else nn.Parameter(torch.empty(d_model, p3))
+        # shared_kv: Ũ3 is U3 itself, one Parameter under both names (parameters() lists it once)
+        self.post_U3 = self.U3 if shared_kv else nn.Parameter(torch.empty(d_model, p3))
         self.bias = bias
         self.q_bias = nn.Parameter(torch.empty(n_heads, r3)) if bias else None
         self.out_bias = nn.Parameter(torch.empty(d_model)) if bias else None
         self.reset_parameters()
-
-    @property
-    def post_U3(self) -> torch.Tensor:
-        """Ũ3 (d, r̃3); the same tensor as U3 when ``shared_kv``."""
-        return self.U3 if self._post_U3 is None else self._post_U3
 
     @property
     def has_rope(self) -> bool:
@@ -105,11 +101,21 @@ class TuckerAttention(AttentionLayer):
         nn.init.normal_(self.post_U1, std=1 / math.sqrt(p1))
         nn.init.normal_(self.post_core, std=1 / math.sqrt(p3 * H))
         nn.init.normal_(self.post_U2, std=out_std * math.sqrt(d / p2))
-        if self._post_U3 is not None:
-            nn.init.normal_(self._post_U3, std=std)
+        if not self.shared_kv:
+            nn.init.normal_(self.post_U3, std=std)
         if self.bias:
             nn.init.zeros_(self.q_bias)
             nn.init.zeros_(self.out_bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """Also load state dicts written before Ũ3 was the parameter ``post_U3`` (``_post_U3``, or none when
+        shared)."""
+        old, new = prefix + "_post_U3", prefix + "post_U3"
+        if old in state_dict:
+            state_dict[new] = state_dict.pop(old)
+        if self.shared_kv and new not in state_dict and prefix + "U3" in state_dict:
+            state_dict[new] = state_dict[prefix + "U3"]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def cache_spec(self) -> dict[str, tuple[int, int]]:
         if self.shared_kv:
