@@ -29,7 +29,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def test_every_flag_is_documented():
     parser = build_parser()
     subs = _subparsers(parser)
-    assert set(subs) == {"train", "sweep", "summarize"}
+    assert set(subs) == {"train", "sweep", "summarize", "compress", "sweep-compress"}
     for name, sub in subs.items():
         text = sub.format_help()
         for action in sub._actions:

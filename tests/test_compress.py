@@ -311,3 +311,30 @@ def test_compress_and_finetune_writes_a_loadable_checkpoint(tmp_path):
     assert len((tmp_path / "c1" / "metrics.jsonl").read_text().splitlines()) >= 4
     with pytest.raises(ValueError, match="takes no sizes"):
         compress_and_finetune(source, "mha", ranks=(1, 2, 3), out_dir=tmp_path / "bad")
+
+
+# ------------------------------------------------------------------------------ command line
+def test_cli_compress_and_sweep_compress(tmp_path, capsys):
+    from tucker_attention.cli import main
+    from tucker_attention.train import load_data, load_model
+    from tucker_attention.train.compress import file_sha256, pretrain_source
+
+    source = pretrain_source(_tiny_preset(), tmp_path, data=load_data("vit", "digits"), progress=False)
+    out = tmp_path / "cmp"
+    assert main(["compress", str(source), "--attention", "tucker", "--ranks", "2,8,4", "--finetune-steps", "3",
+                 "--lr", "5e-4", "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["label"] == "Tucker [2,8,4]" and summary["finetune_steps"] == 3
+    assert summary["source_sha256"] == file_sha256(source)
+    record = json.loads((out / "record.json").read_text())
+    assert record["train_config"]["lr"] == 5e-4 and record["train_config"]["min_lr"] == 5e-5
+    assert record["command"][-3:] == ["--out", str(out), "--no-progress"]      # as typed
+    assert isinstance(load_model(out / "ckpt.pt").blocks[0].attn, TuckerAttention)
+    with pytest.raises(SystemExit) as e:
+        main(["compress", str(source), "--attention", "gqa", "--ranks", "2,8,4", "--out", str(tmp_path / "x")])
+    assert e.value.code == 2 and "--ranks not used by --attention gqa" in capsys.readouterr().err
+    # the protocol from a given source, converted only (0 steps): one record per method
+    assert main(["sweep-compress", "vit", "--source", str(source), "--steps", "0", "--methods", "mqa,gqa",
+                 "--out", str(tmp_path / "sw"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "| MQA |" in printed and "| GQA n_kv=2 |" in printed and "2 runs" in printed

@@ -1,9 +1,13 @@
-"""Command line: ``python -m tucker_attention {train,sweep,summarize} ...`` (also ``tucker-attention``).
+"""Command line: ``python -m tucker_attention {train,sweep,summarize,compress,sweep-compress} ...``
+(also ``tucker-attention``).
 
     python -m tucker_attention train lm --attention tucker --ranks 2,16,16 --steps 300 --out runs/t
     python -m tucker_attention train vit --attention gqa --n-kv-heads 2 --steps 300
     python -m tucker_attention sweep lm --preset ci --out runs/sweep_lm
     python -m tucker_attention summarize runs/sweep_lm/records.jsonl
+    python -m tucker_attention compress runs/t/ckpt.pt --attention tucker --ranks 2,16,8 --finetune-steps 100 \
+        --out runs/t_tucker                                   # convert a trained model (SVD / HOSVD init)
+    python -m tucker_attention sweep-compress vit --preset ci --out runs/compress_vit   # paper §7's protocol
     torchrun --nproc_per_node 8 -m tucker_attention train lm --preset gpu ...      # DDP
 
 Every command runs offline by default (stdlib byte corpus, scikit-learn digits). Configuration errors
@@ -148,7 +152,8 @@ def build_parser(prog: str = "tucker-attention") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description="Tucker Attention: train GPT/ViT with any attention, run sweeps.",
         formatter_class=_Formatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sweep,summarize}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{train,sweep,summarize,compress,sweep-compress}")
 
     # ------------------------------------------------------------------------------------ train
     t = sub.add_parser("train", help="train one GPT (lm) or ViT (vit)",
@@ -228,6 +233,7 @@ def build_parser(prog: str = "tucker-attention") -> argparse.ArgumentParser:
     u = sub.add_parser("summarize", help="print the table of sweep records",
                        description="Print a Markdown table (mean ± std over seeds) of records.jsonl files.")
     u.add_argument("paths", nargs="+", help="records.jsonl files (JSON lines)")
+    _add_compress_parsers(sub)
     return parser
 
 
@@ -334,6 +340,124 @@ def _set_threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+# ------------------------------------------------------------------------- compress, sweep-compress
+_COMPRESS_METHODS = ("mha", "gqa", "mqa", "mla", "tucker")
+
+
+def _add_compress_parsers(sub) -> None:
+    """``compress`` (one checkpoint) and ``sweep-compress`` (the transfer protocol of paper §7)."""
+    c = sub.add_parser(
+        "compress", help="convert a trained model's attention (SVD / HOSVD init), optionally fine-tune",
+        description="Load a checkpoint written by train (GPT or ViT), replace every attention layer by GQA/MQA "
+        "or MLA initialized by SVD of the trained weights, or by Tucker initialized by the HOSVD of the attention "
+        "tensors; evaluate it right after conversion and after --finetune-steps of fine-tuning on the data the "
+        "checkpoint was trained on; write OUT/ckpt.pt, OUT/record.json (with the source checkpoint's SHA-256 "
+        "and the per-layer tensor errors) and append the record to OUT/records.jsonl.",
+        formatter_class=_Formatter)
+    c.add_argument("checkpoint", help="a ckpt.pt written by train")
+    c.add_argument("--attention", required=True, choices=_COMPRESS_METHODS,
+                   help="target method (mha: an unchanged copy, the baseline)")
+    c.add_argument("--n-kv-heads", type=_positive_int, help="gqa: key/value heads")
+    c.add_argument("--q-latent", type=_positive_int, help="mla: query latent d_c^Q")
+    c.add_argument("--kv-latent", type=_positive_int, help="mla: key/value latent d_c^K")
+    c.add_argument("--separate-kv", action="store_true", help="mla: separate key and value latents")
+    c.add_argument("--ranks", type=_ints, metavar="R1,R2,R3", help="tucker: ranks (head, query, key)")
+    c.add_argument("--post-ranks", type=_ints, metavar="R1,R2,R3",
+                   help="tucker: post-softmax ranks (head, output, value); default = --ranks")
+    c.add_argument("--shared-kv", action="store_true", help="tucker: keys and values share U3")
+    c.add_argument("--decomposition", choices=("hosvd", "hooi"), default="hosvd",
+                   help="tucker: truncated HOSVD (the paper's init) or HOOI started from it")
+    c.add_argument("--finetune-steps", type=int, default=0, help="fine-tuning steps (0: convert and evaluate)")
+    c.add_argument("--lr", type=float, help="fine-tuning peak learning rate (default 3e-4; final lr/10)")
+    c.add_argument("--batch-size", type=_positive_int, help="fine-tuning batch size (default 32)")
+    c.add_argument("--warmup-steps", type=int, help="fine-tuning warmup steps (default 20)")
+    c.add_argument("--weight-decay", type=float, help="fine-tuning AdamW weight decay (default 0)")
+    c.add_argument("--seed", type=int, default=0, help="fine-tuning seed (data order, dropout)")
+    c.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    c.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    c.add_argument("--out", required=True, help="output folder")
+    c.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+
+    s = sub.add_parser(
+        "sweep-compress", help="the transfer protocol: pretrain MHA once, convert to every method, fine-tune x seeds",
+        description="Pretrain the preset's MHA model once (or take --source), convert it to each method/rank of "
+        "the preset, evaluate right after conversion, fine-tune with each seed; one record per run in "
+        "OUT/records.jsonl (recorded runs are skipped unless --rerun); prints the table.",
+        formatter_class=_Formatter)
+    s.add_argument("task", choices=("lm", "vit"), help="lm: GPT; vit: ViT")
+    s.add_argument("--preset", default="ci", choices=("ci", "gpu"),
+                   help="ci: 2 CPU cores, minutes; gpu: one GPU (vit: CIFAR-10)")
+    s.add_argument("--source", help="start from this checkpoint instead of pretraining")
+    s.add_argument("--seeds", type=_positive_int, help="fine-tuning seeds per method (default: the preset's)")
+    s.add_argument("--steps", type=int, help="fine-tuning steps (default: the preset's; 0: converted only)")
+    s.add_argument("--methods", help="comma-separated methods to keep, e.g. gqa,tucker (default: all)")
+    s.add_argument("--decomposition", choices=("hosvd", "hooi"), default="hosvd", help="tucker initialization")
+    s.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    s.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: the preset's)")
+    s.add_argument("--out", help="output folder (default runs/compress_<task>_<preset>)")
+    s.add_argument("--rerun", action="store_true", help="rerun runs already in OUT/records.jsonl")
+    s.add_argument("--keep-checkpoints", action="store_true", help="keep each fine-tuned ckpt.pt")
+    s.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from .train.compress import compress_and_finetune
+    from .train.distributed import is_main
+
+    sizes = {"gqa": {"n_kv_heads": args.n_kv_heads}, "mqa": {},
+             "mla": {"q_latent": args.q_latent, "kv_latent": args.kv_latent,
+                     "separate_kv": True if args.separate_kv else None},
+             "tucker": {"ranks": args.ranks, "post_ranks": args.post_ranks,
+                        "shared_kv": True if args.shared_kv else None}, "mha": {}}[args.attention]
+    given = {"--n-kv-heads": args.n_kv_heads, "--q-latent": args.q_latent, "--kv-latent": args.kv_latent,
+             "--separate-kv": args.separate_kv, "--ranks": args.ranks, "--post-ranks": args.post_ranks,
+             "--shared-kv": args.shared_kv}
+    used = {"gqa": {"--n-kv-heads"}, "mla": {"--q-latent", "--kv-latent", "--separate-kv"},
+            "tucker": {"--ranks", "--post-ranks", "--shared-kv"}}.get(args.attention, set())
+    stray = [flag for flag, value in given.items() if value not in (None, False) and flag not in used]
+    if stray:
+        raise ValueError(f"{', '.join(stray)} not used by --attention {args.attention} "
+                         f"(it takes {', '.join(sorted(used)) or 'no sizes'})")
+    if args.finetune_steps < 0:
+        raise ValueError(f"--finetune-steps must be >= 0, got {args.finetune_steps}")
+    overrides = {k: getattr(args, k) for k in ("lr", "batch_size", "warmup_steps", "weight_decay", "device")
+                 if getattr(args, k) is not None}
+    if args.lr is not None:
+        overrides["min_lr"] = args.lr / 10
+    _set_threads(args.threads)
+    record = compress_and_finetune(args.checkpoint, args.attention, out_dir=args.out,
+                                   finetune_steps=args.finetune_steps, seed=args.seed,
+                                   decomposition=args.decomposition, train_overrides=overrides,
+                                   progress=not args.no_progress,
+                                   command=getattr(args, "command_line", sys.argv),
+                                   **{k: v for k, v in sizes.items() if v is not None})
+    if is_main():
+        keys = ("label", "attention_params", "kv_cache_per_token", "rel_error_W_mean", "rel_error_W_tilde_mean",
+                "source_val_loss", "source_val_acc", "converted_val_loss", "converted_val_acc", "finetune_steps",
+                "val_loss", "val_acc", "source_sha256")
+        print(json.dumps({**{k: record.get(k) for k in keys}, "out_dir": args.out}))
+    return 0
+
+
+def _cmd_sweep_compress(args: argparse.Namespace) -> int:
+    from .train.compress import protocol_table, run_compress_sweep
+    from .train.distributed import is_main
+
+    _set_threads(args.threads)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    out = args.out or f"runs/compress_{args.task}_{args.preset}"
+    t0 = time.perf_counter()
+    records = run_compress_sweep(args.task, args.preset, out_dir=out, source=args.source, seeds=args.seeds,
+                                 steps=args.steps, device=args.device, methods=methods,
+                                 decomposition=args.decomposition, rerun=args.rerun, progress=not args.no_progress,
+                                 keep_checkpoints=args.keep_checkpoints,
+                                 command=getattr(args, "command_line", sys.argv))
+    if is_main():
+        print(protocol_table(records))
+        print(f"\n{len(records)} runs, records in {out}/records.jsonl, wall time {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 def _resume_hint(args: argparse.Namespace, e) -> str:
     """What to run after Ctrl-C: the command as typed (with ``--resume`` for train)."""
     cmd = list(args.command_line)
@@ -353,7 +477,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "tucker-attention") -
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.command_line = [*shlex.split(prog), *argv]                   # as typed, for records and hints
-    commands = {"train": _cmd_train, "sweep": _cmd_sweep, "summarize": _cmd_summarize}
+    commands = {"train": _cmd_train, "sweep": _cmd_sweep, "summarize": _cmd_summarize, "compress": _cmd_compress,
+                "sweep-compress": _cmd_sweep_compress}
     from .train import CheckpointError, NonFiniteLossError, TrainingInterrupted
 
     try:
