@@ -368,7 +368,7 @@ def _add_compress_parsers(sub) -> None:
     c.add_argument("--decomposition", choices=("hosvd", "hooi"), default="hosvd",
                    help="tucker: truncated HOSVD (the paper's init) or HOOI started from it")
     c.add_argument("--finetune-steps", type=int, default=0, help="fine-tuning steps (0: convert and evaluate)")
-    c.add_argument("--lr", type=float, help="fine-tuning peak learning rate (default 3e-4; final lr/10)")
+    c.add_argument("--lr", type=float, help="fine-tuning peak learning rate (default 1e-4; final lr/10)")
     c.add_argument("--batch-size", type=_positive_int, help="fine-tuning batch size (default 32)")
     c.add_argument("--warmup-steps", type=int, help="fine-tuning warmup steps (default 20)")
     c.add_argument("--weight-decay", type=float, help="fine-tuning AdamW weight decay (default 0)")
@@ -392,6 +392,7 @@ def _add_compress_parsers(sub) -> None:
     s.add_argument("--steps", type=int, help="fine-tuning steps (default: the preset's; 0: converted only)")
     s.add_argument("--methods", help="comma-separated methods to keep, e.g. gqa,tucker (default: all)")
     s.add_argument("--decomposition", choices=("hosvd", "hooi"), default="hosvd", help="tucker initialization")
+    s.add_argument("--lr", type=float, help="fine-tuning peak learning rate (default: the preset's; final lr/10)")
     s.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     s.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: the preset's)")
     s.add_argument("--out", help="output folder (default runs/compress_<task>_<preset>)")
@@ -451,7 +452,8 @@ def _cmd_sweep_compress(args: argparse.Namespace) -> int:
                                  steps=args.steps, device=args.device, methods=methods,
                                  decomposition=args.decomposition, rerun=args.rerun, progress=not args.no_progress,
                                  keep_checkpoints=args.keep_checkpoints,
-                                 command=getattr(args, "command_line", sys.argv))
+                                 command=getattr(args, "command_line", sys.argv),
+                                 overrides=None if args.lr is None else {"lr": args.lr, "min_lr": args.lr / 10})
     if is_main():
         print(protocol_table(records))
         print(f"\n{len(records)} runs, records in {out}/records.jsonl, wall time {time.perf_counter() - t0:.1f} s")
