@@ -10,7 +10,13 @@ SDPA gets ``enable_gqa=True``, flash-attn takes fewer KV heads natively, the mat
 
 ``causal=True`` with ``N < S`` (decoding after a cache) uses the *bottom-right* aligned mask: query ``i``
 sees keys ``j <= i + (S - N)``. (SDPA's ``is_causal`` is top-left aligned when ``N != S``, so it is only
-used when ``N == S``.)
+used when ``N == S``.) An explicit boolean ``mask`` (N, S) (True: may attend) is what a static-shape cache
+passes instead: it hides the unwritten slots of the preallocated buffers and the future.
+
+**Folded heads.** With a single key/value head (Tucker, MQA, absorbed MLA) and few queries (decoding), the
+SDPA and math paths fold the heads into the query length, ``q (B, H, N, D) -> (B, 1, H·N, D)``, and run one
+product against the one K/V head instead of H small ones (what FlashMLA does for MLA's latent decode). Row
+``h·N + i`` of the folded query keeps query ``i``'s mask row, so the result is the same function.
 """
 
 from __future__ import annotations
@@ -23,12 +29,15 @@ from types import ModuleType
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BACKENDS", "attend", "available_backends", "resolve_backend", "flash_attn_module"]
+__all__ = ["BACKENDS", "FOLD_MAX_QUERIES", "attend", "available_backends", "causal_mask", "flash_attn_module",
+           "fold_heads", "resolve_backend"]
 
 BACKENDS = ("auto", "flash", "sdpa", "math")
 FLASH_DTYPES = (torch.float16, torch.bfloat16)
 FLASH_DEVICE_TYPES = ("cuda",)
 FLASH_MAX_HEAD_DIM = 256
+FOLD_MAX_QUERIES = 8
+"""Fold the heads of a single-K/V-head call into the query length when it has at most this many queries."""
 
 log = logging.getLogger("tucker_attention")
 _logged: set[str] = set()
@@ -45,8 +54,11 @@ def flash_attn_module() -> ModuleType | None:
     return _flash_cache["flash_attn"]
 
 
-def _flash_unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
+def _flash_unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+                       ) -> str | None:
     """Why flash-attn cannot run these inputs, or None if it can."""
+    if mask is not None:
+        return "flash_attn_func takes no explicit mask (a static-shape cache passes one)"
     if flash_attn_module() is None:
         return "flash_attn is not installed (pip install 'tucker-attention[flash]' on a CUDA machine)"
     if q.device.type not in FLASH_DEVICE_TYPES:
@@ -68,14 +80,15 @@ def available_backends() -> list[str]:
     return out
 
 
-def resolve_backend(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
+def resolve_backend(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    mask: torch.Tensor | None = None) -> str:
     """Return the concrete backend for these inputs. ``auto`` = flash if it can run them, else sdpa."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got backend={backend!r}")
     if backend == "auto":
-        chosen = "flash" if _flash_unsupported(q, k, v) is None else "sdpa"
+        chosen = "flash" if _flash_unsupported(q, k, v, mask) is None else "sdpa"
     elif backend == "flash":
-        why = _flash_unsupported(q, k, v)
+        why = _flash_unsupported(q, k, v, mask)
         if why is not None:
             raise ValueError(f"backend='flash' cannot run here: {why}. Use backend='sdpa' or 'auto'.")
         chosen = "flash"
@@ -111,16 +124,44 @@ def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"keys ({k.shape[2]}) must be at least as many as queries ({N})")
 
 
+def _check_mask(mask: torch.Tensor, n_q: int, n_k: int) -> None:
+    if mask.dtype != torch.bool or tuple(mask.shape) != (n_q, n_k):
+        raise ValueError(f"mask must be a boolean (queries, keys) = ({n_q}, {n_k}) tensor, got "
+                         f"dtype={mask.dtype}, shape={tuple(mask.shape)}")
+
+
+def _visible(n_q: int, n_k: int, causal: bool, mask: torch.Tensor | None, device: torch.device
+             ) -> torch.Tensor | None:
+    """The (n_q, n_k) boolean mask of keys each query sees (None: all): ``mask`` and the causal mask."""
+    if causal:
+        cm = causal_mask(n_q, n_k, device)
+        return cm if mask is None else cm & mask
+    return mask
+
+
+def fold_heads(q: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``q`` (B, H, N, D) as one head of ``H·N`` queries (B, 1, H·N, D), with the matching (H·N, S) mask.
+
+    Only for a single key/value head. The folded row ``h·N + i`` is head ``h``'s query ``i``, so it keeps
+    row ``i`` of ``mask`` (N, S) — pass the causal mask already combined in (a single query seeing every key
+    needs none: None).
+    """
+    B, H, N, D = q.shape
+    return q.reshape(B, 1, H * N, D), None if mask is None else mask.repeat(H, 1)
+
+
 def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, causal: bool,
-                   dropout_p: float = 0.0) -> torch.Tensor:
-    """Reference path: explicit scores and softmax; query heads grouped, K/V broadcast (no copies)."""
+                   dropout_p: float = 0.0, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference path: explicit scores and softmax; query heads grouped, K/V broadcast (no copies).
+    ``mask`` (N, S): True where a query may attend (combined with ``causal``)."""
     B, Hq, N, D = q.shape
     Hk, S = k.shape[1], k.shape[2]
     G = Hq // Hk
     qg = q.reshape(B, Hk, G, N, D)                                    # (B, Hk, G, N, D)
     scores = scale * (qg @ k.unsqueeze(2).transpose(-1, -2))          # (B, Hk, G, N, S)
-    if causal:
-        scores = scores.masked_fill(~causal_mask(N, S, q.device), float("-inf"))
+    visible = _visible(N, S, causal, mask, q.device)
+    if visible is not None:
+        scores = scores.masked_fill(~visible, float("-inf"))
     probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(q.dtype)
     if dropout_p > 0.0:
         probs = F.dropout(probs, p=dropout_p)
@@ -129,19 +170,18 @@ def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: 
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, causal: bool,
-                   dropout_p: float = 0.0) -> torch.Tensor:
-    """PyTorch's fused kernels (flash / memory-efficient / math, chosen by PyTorch)."""
+                   dropout_p: float = 0.0, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """PyTorch's fused kernels (flash / memory-efficient / math, chosen by PyTorch).
+    ``mask`` (N, S): True where a query may attend (combined with ``causal``)."""
     N, S = q.shape[2], k.shape[2]
-    mask = None
-    is_causal = causal and N == S
-    if causal and N != S:
-        mask = causal_mask(N, S, q.device)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
+    is_causal = causal and N == S and mask is None
+    attn_mask = None if is_causal else _visible(N, S, causal, mask, q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                                           scale=scale, enable_gqa=q.shape[1] != k.shape[1])
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, causal: bool,
-                    dropout_p: float = 0.0) -> torch.Tensor:
+                    dropout_p: float = 0.0, mask: torch.Tensor | None = None) -> torch.Tensor:
     """flash-attn 2's ``flash_attn_func``: layout (B, N, H, D), fewer KV heads natively (MQA/GQA),
     ``causal`` aligned bottom-right when N != S (flash-attn >= 2.1)."""
     fa = flash_attn_module()
@@ -154,18 +194,32 @@ _KERNELS = {"math": math_attention, "sdpa": sdpa_attention, "flash": flash_atten
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
-           causal: bool = False, dropout_p: float = 0.0, backend: str = "auto") -> torch.Tensor:
+           causal: bool = False, dropout_p: float = 0.0, backend: str = "auto",
+           mask: torch.Tensor | None = None) -> torch.Tensor:
     """Scaled dot-product attention with grouped K/V heads.
 
     Args:
         q: (B, H_q, N, D) queries. k: (B, H_kv, S, D) keys. v: (B, H_kv, S, D_v) values; H_q % H_kv == 0.
         scale: score scale ``s`` (default 1/sqrt(D)). causal: bottom-right aligned causal mask.
         dropout_p: attention-probability dropout. backend: "auto" | "flash" | "sdpa" | "math".
+        mask: optional (N, S) boolean tensor, True where query ``i`` may attend key ``j`` (and-ed with
+            ``causal``); flash-attn takes none, so "auto" then runs SDPA.
     Returns:
         (B, H_q, N, D_v).
+
+    With one K/V head, several query heads and at most ``FOLD_MAX_QUERIES`` queries, the SDPA and math
+    paths run the heads folded into the query length (``fold_heads``): one product instead of H_q.
     """
     _check_shapes(q, k, v)
+    if mask is not None:
+        _check_mask(mask, q.shape[2], k.shape[2])
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    chosen = resolve_backend(backend, q, k, v)
-    return _KERNELS[chosen](q, k, v, scale=scale, causal=causal, dropout_p=dropout_p)
+    chosen = resolve_backend(backend, q, k, v, mask)
+    B, Hq, N, _ = q.shape
+    if chosen != "flash" and k.shape[1] == 1 and Hq > 1 and N <= FOLD_MAX_QUERIES:
+        visible = _visible(N, k.shape[2], causal, mask, q.device) if N > 1 or mask is not None else None
+        qf, mf = fold_heads(q, visible)
+        out = _KERNELS[chosen](qf, k, v, scale=scale, causal=False, dropout_p=dropout_p, mask=mf)
+        return out.reshape(B, Hq, N, v.shape[-1])                        # row h·N + i -> (h, i)
+    return _KERNELS[chosen](q, k, v, scale=scale, causal=causal, dropout_p=dropout_p, mask=mask)

@@ -22,7 +22,7 @@ from ._checks import check_float, check_input, check_int, check_positions
 from .backends import BACKENDS, attend
 from .cache import KVCache
 from .factors import TuckerFactors
-from .rope import ROPE_STYLES, apply_rope, rope_angles
+from .rope import ROPE_STYLES, apply_rope, rope_table
 
 DEFAULT_MAX_SEQ_LEN = 4096
 
@@ -101,16 +101,19 @@ class AttentionLayer(nn.Module):
     def _initialize(self, std: float, out_std: float) -> None:
         raise NotImplementedError
 
-    def make_cache(self, batch_size: int, max_len: int, *, dtype: torch.dtype | None = None) -> KVCache:
+    def make_cache(self, batch_size: int, max_len: int, *, dtype: torch.dtype | None = None,
+                   static: bool = False) -> KVCache:
         """A preallocated cache for ``batch_size`` sequences of up to ``max_len`` tokens.
 
         ``dtype`` defaults to the weights' dtype (pass e.g. ``torch.bfloat16`` when decoding under autocast).
+        ``static=True``: the static-shape layout (device-side fill length, masked attention over ``max_len``
+        slots), so that a decoding step compiles once (see ``cache.py``).
         """
         check_int("batch_size", batch_size)
         check_int("max_len", max_len)
         p = next(self.parameters())
         return KVCache(self.cache_spec(), batch_size=batch_size, max_len=max_len, dtype=dtype or p.dtype,
-                       device=p.device)
+                       device=p.device, static=static)
 
     def kv_cache_per_token(self) -> int:
         """Elements cached per token (PAPER.md §5)."""
@@ -129,9 +132,32 @@ class AttentionLayer(nn.Module):
 
     # ---------------------------------------------------------------------------------------- helpers
     def _rope(self, t: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Rotate the last dim of ``t`` (..., N, D) by RoPE at ``positions`` (N,)."""
-        cos, sin = rope_angles(positions, t.shape[-1], base=self.rope_base)
-        return apply_rope(t, cos, sin, style=self.rope_style)
+        """Rotate the last dim of ``t`` (..., N, D) by RoPE at ``positions`` (N,).
+
+        The angles come from a table of all positions below ``max_seq_len`` (``rope_table``), built on first
+        use for each width, device and dtype and kept with the layer (dropped by ``.to()``/``.double()``);
+        a call gathers its rows, which equal ``rope_angles(positions)`` exactly.
+        """
+        key = ("rope", t.shape[-1], t.device, t.dtype, self.rope_base, self.max_seq_len)
+        table = self._derived.get(key)
+        if table is None:
+            table = rope_table(self.max_seq_len, t.shape[-1], base=self.rope_base, device=t.device, dtype=t.dtype)
+            self._derived[key] = table
+        cos, sin = table
+        return apply_rope(t, cos[positions], sin[positions], style=self.rope_style)
+
+    @property
+    def _derived(self) -> dict:
+        """Tensors derived from the layer's weights or settings and kept between calls (RoPE tables; Tucker's
+        head cores in inference). Cleared whenever the module's tensors are converted or moved (``_apply``)."""
+        store = self.__dict__.get("_derived_store")
+        if store is None:
+            store = self.__dict__["_derived_store"] = {}
+        return store
+
+    def _apply(self, *args, **kwargs):
+        self.__dict__.pop("_derived_store", None)                        # .to(), .double(), .cuda(), ...
+        return super()._apply(*args, **kwargs)
 
     # ---------------------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor, *, causal: bool = False, cache: KVCache | None = None,
@@ -158,24 +184,35 @@ class AttentionLayer(nn.Module):
             # under autocast the cache keeps its own dtype (entries are cast on append); otherwise it must match x
             autocast = torch.is_autocast_enabled(x.device.type)
             cache.check_append(B, N, cache.dtype if autocast else x.dtype, x.device)
-        if positions is None:
-            start = cache.next_position() if cache is not None else 0
-            if start + N > self.max_seq_len:
+        default_positions = positions is None
+        if default_positions:
+            # the start is known on the host without a cache, or from a dynamic cache that holds the default
+            # positions 0, 1, 2, ...; otherwise it stays on the device (read back only in eager mode, to check)
+            start = 0 if cache is None else cache.known_next_position()
+            if start is None and not cache.static and not torch.compiler.is_compiling():
+                start = int(cache.next_position())
+            if start is not None and start + N > self.max_seq_len:
                 raise ValueError(f"positions {start}..{start + N - 1} exceed max_seq_len={self.max_seq_len}; "
                                  "build the layer with a larger max_seq_len")
-            positions = torch.arange(start, start + N, device=x.device)
+            if start is not None:
+                positions = torch.arange(start, start + N, device=x.device)
+            else:
+                positions = cache.next_position() + torch.arange(N, device=x.device)
         else:
             # the value range check reads the tensor; torch.compile would break the graph there
             check_positions(positions, N, self.max_seq_len, values=not torch.compiler.is_compiling())
             positions = positions.to(x.device)
 
         q, entries = self._project(x, positions)                       # q: (B, Hq, N, D)
+        mask = None
         if cache is not None:
-            entries = cache.append(positions, **{k: v.to(cache.dtype) for k, v in entries.items()})
+            entries = cache.write(positions, {k: v.to(cache.dtype) for k, v in entries.items()},
+                                  default_positions=default_positions)
             key_positions = cache.held_positions()
+            mask = cache.attention_mask(N, causal)                     # static layout: (N, max_len)
         else:
             key_positions = positions
         k, v = self._keys_values(entries, key_positions)               # (B, Hkv, S, D), (B, Hkv, S, Dv)
-        o = attend(q, k.to(q.dtype), v.to(q.dtype), scale=self.scale, causal=causal,
-                   dropout_p=self.dropout if self.training else 0.0, backend=self.backend)
+        o = attend(q, k.to(q.dtype), v.to(q.dtype), scale=self.scale, causal=causal and mask is None,
+                   dropout_p=self.dropout if self.training else 0.0, backend=self.backend, mask=mask)
         return self._output(o)                                         # (B, N, d_model)

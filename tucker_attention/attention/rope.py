@@ -1,4 +1,4 @@
-"""Rotary position embedding (RoPE), in a head's space or in a latent space (PAPER.md §6).
+"""Rotary position embedding (RoPE), in a head's space or in a latent space (paper §6).
 
 ``R(m)`` is block diagonal with 2x2 rotations by angles ``m * theta_j``, ``theta_j = base^(-2j/D)``,
 ``j = 0 .. D/2-1``. With row vectors, ``(q R(m)) (k R(n))^T = q R(m - n) k^T``: scores depend on the
@@ -26,6 +26,17 @@ def rope_angles(positions: torch.Tensor, dim: int, *, base: float = 10000.0) -> 
     theta = base ** (-2.0 * j / dim)                                  # (dim/2,)
     angles = positions.to(torch.float64).unsqueeze(-1) * theta        # (N, dim/2)
     return angles.cos(), angles.sin()
+
+
+def rope_table(length: int, dim: int, *, base: float = 10000.0, device: torch.device | str | None = None,
+               dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rope_angles`` of the positions ``0 .. length-1`` as (length, dim/2) tables in ``dtype``.
+
+    Computed in float64 and then cast, so ``table[positions]`` equals ``rope_angles(positions)`` cast to
+    ``dtype`` exactly; a layer builds it once per device and dtype and gathers rows instead of recomputing.
+    """
+    cos, sin = rope_angles(torch.arange(length, device=device), dim, base=base)
+    return cos.to(dtype), sin.to(dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, style: str = "interleaved") -> torch.Tensor:

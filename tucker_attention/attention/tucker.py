@@ -122,10 +122,41 @@ class TuckerAttention(AttentionLayer):
             return {"kv": (1, self.ranks[2])}
         return {"k": (1, self.ranks[2]), "v": (1, self.post_ranks[2])}
 
+    # ------------------------------------------------------------------------------ head cores
+    def head_cores(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``G = 𝒞 ×₁ U₁`` and ``G̃ = 𝒞̃ ×₁ Ũ₁`` laid out for one matrix product each (paper §3):
+
+        - ``G_all`` (r2, n_H·r3): column block ``i`` is ``G_i``, so ``P @ G_all`` is every head's query ``Q_i``;
+        - ``Gt_all`` (n_H·r̃3, r̃2): row block ``i`` is ``G̃_iᵀ``, so ``concat_i(O_i) @ Gt_all = Σ_i O_i G̃_iᵀ``.
+
+        Formed once per forward. In inference (no gradient needed) they are kept and reused until a weight
+        they come from changes — an optimizer step, ``load_state_dict``, any in-place write (tracked by the
+        tensors' version counters) or ``.to()`` — so decoding does not form them for every token.
+        """
+        weights = (self.U1, self.core, self.post_U1, self.post_core)
+        keep = not torch.compiler.is_compiling() and not (torch.is_grad_enabled()
+                                                        and any(w.requires_grad for w in weights))
+        if keep:
+            stamp = tuple((w._version, w.data_ptr(), w.dtype, w.device) for w in weights)
+            hit = self._derived.get("head_cores")
+            if hit is not None and hit[0] == stamp:
+                return hit[1]
+        H = self.n_heads
+        r2, r3 = self.ranks[1], self.ranks[2]
+        p2, p3 = self.post_ranks[1], self.post_ranks[2]
+        G = (self.U1 @ self.core.reshape(self.ranks[0], r2 * r3)).view(H, r2, r3)         # (H, r2, r3)
+        Gt = (self.post_U1 @ self.post_core.reshape(self.post_ranks[0], p2 * p3)).view(H, p2, p3)
+        cores = (G.permute(1, 0, 2).reshape(r2, H * r3),                                   # (r2, H·r3)
+                 Gt.permute(0, 2, 1).reshape(H * p3, p2))                                  # (H·r̃3, r̃2)
+        if keep:
+            self._derived["head_cores"] = (stamp, cores)
+        return cores
+
     def _project(self, x, positions):
-        G = torch.einsum("ha,abc->hbc", self.U1, self.core)           # (H, r2, r3)
+        B, N, _ = x.shape
+        G_all, _ = self.head_cores()                                   # (r2, H·r3)
         P = x @ self.U2                                                # (B, N, r2)
-        q = torch.einsum("bnr,hrs->bhns", P, G)                        # (B, H, N, r3)
+        q = (P @ G_all).view(B, N, self.n_heads, self.ranks[2]).transpose(1, 2)   # (B, H, N, r3): Q_i = P G_i
         if self.bias:
             q = q + self.q_bias.unsqueeze(1)                           # (H, 1, r3): per-head query offset
         k = (x @ self.U3).unsqueeze(1)                                 # (B, 1, N, r3)
@@ -145,8 +176,9 @@ class TuckerAttention(AttentionLayer):
         return entries["k"], entries["v"]
 
     def _output(self, o):
-        Gt = torch.einsum("ha,abc->hbc", self.post_U1, self.post_core)  # (H, r̃2, r̃3)
-        y = torch.einsum("bhnv,hov->bno", o, Gt)                       # (B, N, r̃2)
+        B, H, N, Dv = o.shape
+        _, Gt_all = self.head_cores()                                  # (H·r̃3, r̃2)
+        y = o.transpose(1, 2).reshape(B, N, H * Dv) @ Gt_all           # (B, N, r̃2): Σ_i O_i G̃_iᵀ
         y = y @ self.post_U2.T                                         # (B, N, d)
         return y + self.out_bias if self.bias else y
 
