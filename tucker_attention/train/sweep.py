@@ -96,7 +96,7 @@ _GPU_TRAIN = {"batch_size": 64, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 100,
 # span 16-50% of MHA's attention parameters, one with post ranks != pre ranks. One recipe for every method (the
 # learning rate chosen by the study recorded in book/results/lm_book/lr_study.json).
 _BOOK_LM_MODEL = {"n_layer": 4, "d_model": 128, "n_heads": 8, "block_size": 128, "dropout": 0.0}
-_BOOK_LM_TRAIN = {"steps": 400, "batch_size": 16, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 50,
+_BOOK_LM_TRAIN = {"steps": 400, "batch_size": 16, "lr": 4e-3, "min_lr": 4e-4, "warmup_steps": 50,
                   "weight_decay": 0.1, "grad_clip": 1.0, "eval_every": 100, "eval_batches": 32, "log_every": 10}
 _BOOK_LM_VARIANTS = (
     AttentionConfig(method="mha"),
@@ -222,7 +222,8 @@ def make_record(*, preset: str, attention: AttentionConfig, seed: int, result: A
         "unit": result.final.get("unit"), "wall_time_s": result.final.get("wall_time_s"),
         "steps": train_config.steps, "data": train_config.data, "device": device,
         "device_name": _device_name(device), "world_size": world, "torch_version": torch.__version__,
-        "python_version": platform.python_version(), "git_commit": commit, "git_dirty": dirty,
+        "python_version": platform.python_version(), "threads": torch.get_num_threads(),
+        "git_commit": commit, "git_dirty": dirty,
         "command": list(sys.argv if command is None else command),
         "model_config": model_config.to_dict(), "train_config": train_config.to_dict(), "run_dir": run_dir,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -319,6 +320,36 @@ def run_sweep(task: str, preset: str | Preset, *, out_dir: str | os.PathLike[str
                     f.write(json.dumps(record) + "\n")
             records.append(record)
     return records
+
+
+def replay(record: dict[str, Any], *, steps: int, out_dir: str | os.PathLike[str],
+           data: Any = None) -> list[dict[str, Any]]:
+    """Re-run the first ``steps`` optimizer steps of a recorded run and return its metrics lines.
+
+    The run is rebuilt from the record alone (model config, train config, seed, data and its arguments, CPU
+    threads), so comparing the returned lines with the recorded ``metrics.jsonl`` shows whether the record still
+    matches the code. ``steps`` must not exceed the recorded warmup: the schedule up to there does not depend on
+    the total number of steps (``lr_at``), so a shortened run sees exactly the recorded learning rates.
+    """
+    from ..models import GPTConfig, ViTConfig
+    from .loop import METRICS_NAME
+
+    tkw = dict(record["train_config"])
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= max(1, tkw["warmup_steps"]):
+        raise ValueError(f"steps must be an int in [1, warmup_steps={tkw['warmup_steps']}] (the recorded schedule "
+                         f"is only step-count independent during warmup), got steps={steps!r}")
+    tkw.update(steps=steps, out_dir=str(out_dir), progress=False, checkpoint_every=0)
+    tcfg = TrainConfig.from_dict(tkw)
+    model_cls = GPTConfig if tcfg.task == "lm" else ViTConfig
+    mcfg = model_cls.from_dict(record["model_config"])
+    threads = torch.get_num_threads()
+    if record.get("threads"):
+        torch.set_num_threads(int(record["threads"]))
+    try:
+        train(mcfg, tcfg, data=data)
+    finally:
+        torch.set_num_threads(threads)
+    return load_records(Path(out_dir) / METRICS_NAME)
 
 
 # --------------------------------------------------------------------------------------------- tables
