@@ -24,6 +24,7 @@ from tucker_attention.tensors import (
     mode_product,
     multilinear_rank,
     relative_error,
+    tucker_decomposition,
     unfold,
     unfolding_spectra,
 )
@@ -310,5 +311,25 @@ def test_tucker_decomposition_and_hosvd_bounds():
     assert hosvd_error_bounds(T, (2, 3, 4))[1] < 1e-12
     with pytest.raises(ValueError, match="method must be 'hosvd' or 'hooi'"):
         tucker_decomposition(T, (2, 3, 4), method="cp")
-    with pytest.raises(ValueError, match=r"ranks must have one entry per mode"):
+    with pytest.raises(ValueError, match=r"ranks must have one entry per decomposed mode \(1, 2, 3\)"):
         tucker_decomposition(T, (2, 9, 4))
+
+
+def test_tucker_decomposition_of_some_modes_is_one_based():
+    """``modes`` counts like the paper (1 = head): decomposing modes 1, 2 leaves mode 3 at full size."""
+    T = torch.randn(4, 6, 5, dtype=torch.float64)
+    core, (U1, U2) = tucker_decomposition(T, (4, 6), modes=(1, 2))
+    assert core.shape == (4, 6, 5) and U1.shape == (4, 4) and U2.shape == (6, 6)
+    rebuilt = mode_product(mode_product(core, U1, 1), U2, 2)
+    assert relative_error(rebuilt, T) < 1e-12                         # full ranks: exact
+    with pytest.raises(ValueError, match=r"mode must be in \[1, 3\]"):
+        tucker_decomposition(T, (2,), modes=(0,))
+
+
+def test_attention_tensors_are_detached_unless_asked():
+    layer = MultiHeadAttention(8, 2)
+    W, Wt, _ = attention_tensors(layer)
+    assert not W.requires_grad and not Wt.requires_grad
+    W, _, _ = attention_tensors(layer, grad=True)
+    W.sum().backward()
+    assert layer.q_proj.weight.grad is not None

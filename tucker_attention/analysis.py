@@ -1,4 +1,4 @@
-"""Ranks and spectra of the attention tensors of whole models (PAPER.md §4, §7), and what a rank choice costs.
+"""Ranks and spectra of the attention tensors of whole models (paper §4, §7), and what a rank choice costs.
 
 - ``named_attention_layers(model)``: every attention layer of our family inside ``model`` (and, by default, every
   peer's module that ``convert.from_peer`` understands — e.g. the ``GPT2Attention`` blocks of a 🤗 GPT-2).
@@ -8,7 +8,7 @@
   figure of §7: in trained models they decay in every mode, the head mode included).
 - ``energy_ranks(spectra, energy)``: the smallest ranks keeping a fraction of the squared singular values.
 - ``rank_budget(d_model, n_heads, ranks, ...)``: parameters and KV cache of a Tucker rank choice against MHA
-  (``tucker_attention.counting``, PAPER.md §5).
+  (``tucker_attention.counting``, paper §5).
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def energy_ranks(spectra: torch.Tensor | Sequence[torch.Tensor], energy: float =
 def rank_budget(d_model: int, n_heads: int, ranks: Sequence[int], post_ranks: Sequence[int] | None = None, *,
                 n_layers: int = 1, shared_kv: bool = False) -> RankBudget:
     """Attention parameters and KV cache per token of Tucker ``ranks`` / ``post_ranks`` over ``n_layers``
-    layers, next to MHA's (PAPER.md §5; counts are those of the real modules, ``counting.attention_params``).
+    layers, next to MHA's (paper §5; counts are those of the real modules, ``counting.attention_params``).
 
     Example: ``rank_budget(768, 12, (8, 128, 64), n_layers=12).param_fraction`` ≈ 0.18 (GPT-2 small).
     """

@@ -1,10 +1,10 @@
-"""Conversions: exact MHA/GQA/MQA/MLA → Tucker (PAPER.md §4), HOSVD/HOOI compression, query folding
-(PAPER.md §6) and peers' attention modules in (PyTorch, Hugging Face GPT-2 / ViT / DeepSeek-V2).
+"""Conversions: exact MHA/GQA/MQA/MLA → Tucker (paper §4), HOSVD/HOOI compression, query folding
+(paper §6) and peers' attention modules in (PyTorch, Hugging Face GPT-2 / ViT / DeepSeek-V2).
 
 - ``to_tucker(layer)``: the exact Tucker layer of Theorems B.2–B.4, built from ``layer.tucker_factors()``
   (each layer class holds its own theorem), so its output equals the original's to round-off.
 - ``compress(layer, ranks, post_ranks)``: truncated HOSVD (or HOOI) of the layer's dense tensors 𝒲, 𝒲̃ with
-  tensorly — the paper's initialization of Tucker layers from pretrained attention (PAPER.md §7).
+  tensorly — the paper's initialization of Tucker layers from pretrained attention (paper §7).
 - ``fold_queries`` / ``folded_scores`` / ``layer_scores`` / ``head_rope_scores``: the folded query matrices
   ``F_i = W^{DQ} W^{UQ}_i (W^{UK}_i)ᵀ`` of MLA (``U2 G_i`` of Tucker) and the scores they give with latent
   RoPE (exact) or against head-dim RoPE (the control that fails).
@@ -27,7 +27,6 @@ from collections.abc import Sequence
 
 import tensorly as tl
 import torch
-from tensorly.decomposition import partial_tucker
 from torch import nn
 
 from .attention import (
@@ -90,7 +89,7 @@ def _fill_tucker(new: TuckerAttention, pre: Sequence[torch.Tensor], post: Sequen
 
 # ---------------------------------------------------------------------------- exact conversions
 def to_tucker(layer: AttentionLayer) -> TuckerAttention:
-    """The exact Tucker layer of a RoPE-free MHA, GQA/MQA or MLA layer (PAPER.md §4, Theorems B.2–B.4).
+    """The exact Tucker layer of a RoPE-free MHA, GQA/MQA or MLA layer (paper §4, Theorems B.2–B.4).
 
     Uses the layer's own factors, so the result has the theorem's ranks: MHA ``(n_H, d, d)`` twice;
     GQA ``(n_H, d, n_kv d_H)`` twice (MQA: n_kv = 1); MLA ``ranks=(n_H, d_c^Q, d_c^K)``,
@@ -118,9 +117,7 @@ def _decompose_fixed_mode3(T: torch.Tensor, U3: torch.Tensor, ranks: Sequence[in
                            n_iter_max: int, tol: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """HOSVD/HOOI of T over modes 1, 2 with the (orthonormal) mode-3 factor U3 fixed."""
     Tp = mode_product(T, U3.T, 3)                                      # (n_H, d, r3)
-    iters = 0 if method == "hosvd" else n_iter_max
-    (core, (U1, U2)), _ = partial_tucker(Tp, rank=list(ranks[:2]), modes=[0, 1], init="svd", n_iter_max=iters,
-                                         tol=tol)
+    core, (U1, U2) = tucker_decomposition(Tp, ranks[:2], method=method, n_iter_max=n_iter_max, tol=tol, modes=(1, 2))
     return core, [U1, U2, U3]
 
 
@@ -176,26 +173,16 @@ def compress(layer: AttentionLayer, ranks: Sequence[int], post_ranks: Sequence[i
     return _fill_tucker(new, (core, *f), (pcore, *pf), alpha=scale / new.scale, q_bias=q_bias, out_bias=out_bias)
 
 
-# ------------------------------------------------------------------- query folding (PAPER.md §6)
+# ------------------------------------------------------------------- query folding (paper §6)
 def fold_queries(layer: AttentionLayer) -> torch.Tensor:
     """The folded query matrices ``F`` (n_H, d, r3): head i's latent query is ``x F_i``, its keys the cached
-    latents (PAPER.md §6).
+    latents (paper §6) — ``layer.fold_queries()``.
 
     MLA: ``F_i = W^{DQ} W^{UQ}_i (W^{UK}_i)ᵀ`` (d, d_c^K) for any ``rope`` (with "decoupled" this is the no-RoPE
     part; the decoupled dims stay separate). Tucker: ``F_i = U2 G_i`` (d, r3). Other RoPE-free layers:
     ``U2 G_i`` from their Tucker factors. An MLA query-latent RMSNorm sits between W^{DQ} and W^{UQ}: no fold.
     """
-    layer = _check_layer(layer)
-    if isinstance(layer, MultiHeadLatentAttention):
-        if layer.latent_norm == "q_kv":
-            raise ValueError("fold_queries: the query-latent RMSNorm (latent_norm='q_kv') sits between W^DQ and "
-                             "W^UQ and does not fold; use latent_norm=None or 'kv'")
-        WUQ, WUK = layer._up(layer.q_up), layer._up(layer.k_up)       # (H, dcQ, d_H), (H, dcK, d_H)
-        return layer.q_down.weight.T @ (WUQ @ WUK.transpose(1, 2))      # (d, dcQ) @ (H, dcQ, dcK) -> (H, d, dcK)
-    if isinstance(layer, TuckerAttention):
-        return layer.U2 @ torch.einsum("ha,abc->hbc", layer.U1, layer.core)   # (H, d, r3)
-    pre, _ = layer.tucker_factors()
-    return pre.U2 @ pre.head_cores()                                   # (H, d, r3)
+    return _check_layer(layer).fold_queries()
 
 
 def _positions(layer: AttentionLayer, x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
@@ -212,50 +199,35 @@ def folded_scores(layer: AttentionLayer, x: torch.Tensor, positions: torch.Tenso
 
     with ``R`` the layer's latent RoPE (identity without RoPE), plus DeepSeek's decoupled RoPE term for
     ``rope="decoupled"``, plus a Tucker/biased layer's query offset. With latent RoPE this equals
-    ``layer_scores`` to round-off (PAPER.md §6); it cannot equal ``head_rope_scores`` (the control).
+    ``layer_scores`` to round-off (paper §6); it cannot equal ``head_rope_scores`` (the control).
+
+    The keys are the ones the layer gives its kernel (``layer.qkv``) when that is one shared latent head (MLA,
+    Tucker, MQA); layers with per-head keys (MHA, GQA) use their latent keys ``x U3``.
     """
     layer = _check_layer(layer)
     positions = _positions(layer, x, positions)
-    q = torch.einsum("bnd,hdr->bhnr", x, fold_queries(layer))          # (B, H, N, r3)
-    rope = False
-    extra = None
-    if isinstance(layer, MultiHeadLatentAttention):
-        k = layer.kv_down(x).unsqueeze(1)                              # (B, 1, N, dcK): the cached latent
-        if layer.latent_norm is not None:
-            k = layer.kv_norm(k)
-        rope = layer.rope == "latent"
-        if layer.rope == "decoupled":
-            B, N, _ = x.shape
-            q_r = layer.q_rope(layer.q_down(x)).view(B, N, layer.n_heads, layer.rope_dim).transpose(1, 2)
-            k_r = layer.k_rope(x).unsqueeze(1)                         # (B, 1, N, dR)
-            extra = layer._rope(q_r, positions) @ layer._rope(k_r, positions).transpose(-1, -2)
-    elif isinstance(layer, TuckerAttention):
-        k = (x @ layer.U3).unsqueeze(1)                                # (B, 1, N, r3)
-        if layer.bias:
-            q = q + layer.q_bias.unsqueeze(1)
-        rope = layer.rope
-    else:
-        pre, _ = layer.tucker_factors()
-        k = (x @ pre.U3).unsqueeze(1)
-        biases = layer.tucker_biases()
-        if biases is not None:
-            q = q + biases[0].unsqueeze(1)
-    if rope:
-        q, k = layer._rope(q, positions), layer._rope(k, positions)
-    scores = q @ k.transpose(-1, -2)                                   # (B, H, N, N)
-    if extra is not None:
-        scores = scores + extra
-    return layer.scale * scores
+    F = layer.fold_queries()                                           # (H, d, r3)
+    q = torch.einsum("bnd,hdr->bhnr", x, F)                            # (B, H, N, r3)
+    biases = layer.tucker_biases()
+    if biases is not None:
+        q = q + biases[0].unsqueeze(1)                                 # per-head query offset (H, 1, r3)
+    if layer.latent_rope:
+        q = layer.rotate(q, positions)
+    q_layer, k, _ = layer.qkv(x, positions=positions)                  # (B, H, N, D), (B, Hkv, N, D)
+    r = F.shape[-1]
+    if k.shape[1] != 1 or k.shape[-1] < r:                             # per-head keys: use the latent x U3
+        k = (x @ layer.tucker_factors()[0].U3).unsqueeze(1)            # (B, 1, N, r3)
+    elif k.shape[-1] > r:                                              # DeepSeek's decoupled dims
+        q = torch.cat((q, q_layer[..., r:]), dim=-1)
+    return layer.scale * (q @ k.transpose(-1, -2))
 
 
 def layer_scores(layer: AttentionLayer, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-    """The layer's own scaled pre-softmax scores (B, n_H, N, N), from the same projections its forward uses
-    (``_project`` / ``_keys_values``; no mask). With a key bias they differ from ``folded_scores`` by a
-    per-row constant, which the softmax cancels."""
+    """The layer's own scaled pre-softmax scores (B, n_H, N, N), from the q and k its kernel gets
+    (``layer.qkv``; no mask). With a key bias they differ from ``folded_scores`` by a per-row constant, which
+    the softmax cancels."""
     layer = _check_layer(layer)
-    positions = _positions(layer, x, positions)
-    q, entries = layer._project(x, positions)                          # (B, Hq, N, D)
-    k, _ = layer._keys_values(entries, positions)                      # (B, Hkv, N, D)
+    q, k, _ = layer.qkv(x, positions=_positions(layer, x, positions))  # (B, Hq, N, D), (B, Hkv, N, D)
     k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)           # head h uses kv group h // (Hq / Hkv)
     return layer.scale * (q @ k.transpose(-1, -2))
 

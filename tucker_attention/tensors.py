@@ -1,4 +1,4 @@
-"""The tensor view of attention (PAPER.md §2): the dense tensors 𝒲, 𝒲̃ of any layer, and tools on them.
+"""The tensor view of attention (paper §2): the dense tensors 𝒲, 𝒲̃ of any layer, and tools on them.
 
 Every RoPE-free layer of the family is, exactly, a pair of third-order tensors of shape ``(n_H, d, d)``
 
@@ -12,9 +12,9 @@ and a score scale ``s``. Paper Eq. 6 computes the layer from them alone:
 
 ``attention_tensors`` builds (𝒲, 𝒲̃, s) generically from the layer's own exact Tucker factors
 (``layer.tucker_factors()``), so it knows no layer class. Modes are numbered **1, 2, 3 as in the paper**
-(1 = head, 2 = query/output, 3 = key/value); the helpers reject 0.
+(1 = head, 2 = query/output, 3 = key/value) in every function that takes one; they reject 0.
 
-Biases (peers' layers; PAPER.md §2 leaves them out) have a dense view too (``attention_biases``): a key-side
+Biases (peers' layers; paper §2 leaves them out) have a dense view too (``attention_biases``): a key-side
 score bias per head ``β_i ∈ R^d`` (score ``s β_i · x_ℓ``) and one output bias ``b ∈ R^d``.
 """
 
@@ -41,19 +41,20 @@ def _check_layer(layer: object) -> AttentionLayer:
     return layer
 
 
-def attention_tensors(layer: AttentionLayer) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """The dense tensors of PAPER.md §2 of any RoPE-free layer: ``(W, W_tilde, scale)``.
+def attention_tensors(layer: AttentionLayer, *, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The dense tensors of paper §2 of any RoPE-free layer: ``(W, W_tilde, scale)``.
 
     Returns:
         W: (n_H, d, d), ``W[i] = W_i`` (head, query, key). W_tilde: (n_H, d, d), ``W_tilde[i] = W̃_iᵀ``
         (head, output, value). scale: the layer's score scale ``s``. Same dtype/device as the weights;
-        still attached to autograd (``.detach()`` for analysis).
+        detached from autograd unless ``grad=True`` (then gradients flow back to the layer's weights).
 
     Raises ``ValueError`` for a layer with RoPE (its scores depend on positions, so no such tensors exist)
     or with a latent RMSNorm; biases are not part of the tensors (see ``attention_biases``).
     """
-    pre, post = _check_layer(layer).tucker_factors()
-    return pre.full(), post.full(), layer.scale
+    with torch.enable_grad() if grad else torch.no_grad():
+        pre, post = _check_layer(layer).tucker_factors()
+        return pre.full(), post.full(), layer.scale
 
 
 def attention_biases(layer: AttentionLayer) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -83,7 +84,7 @@ def _check_mode(mode: object, order: int) -> int:
     if isinstance(mode, bool) or not isinstance(mode, int):
         raise TypeError(f"mode must be an int, got mode={mode!r}")
     if not 1 <= mode <= order:
-        raise ValueError(f"mode must be in [1, {order}] (1-based, as in PAPER.md: 1 = head, 2 = query/output, "
+        raise ValueError(f"mode must be in [1, {order}] (1-based, as in the paper: 1 = head, 2 = query/output, "
                          f"3 = key/value), got mode={mode}")
     return mode - 1
 
@@ -100,7 +101,7 @@ def unfold(T: torch.Tensor, mode: int) -> torch.Tensor:
 
 
 def mode_product(T: torch.Tensor, U: torch.Tensor, mode: int) -> torch.Tensor:
-    """``T ×_mode U`` (PAPER.md §1): ``U`` (J, I_mode) replaces mode ``mode`` (size I_mode) by size J,
+    """``T ×_mode U`` (paper §1): ``U`` (J, I_mode) replaces mode ``mode`` (size I_mode) by size J,
     ``(T ×_n U)_{…j…} = Σ_i T_{…i…} U_{j,i}``. Uses ``tensorly.tenalg.mode_dot``."""
     T = _check_tensor("T", T)
     m = _check_mode(mode, T.dim())
@@ -136,24 +137,30 @@ def multilinear_rank(T: torch.Tensor, rtol: float = 1e-10) -> tuple[int, ...]:
 
 
 def tucker_decomposition(T: torch.Tensor, ranks: tuple[int, ...] | list[int], *, method: str = "hosvd",
-                         n_iter_max: int = 100, tol: float = 1e-8) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                         n_iter_max: int = 100, tol: float = 1e-8, modes: tuple[int, ...] | None = None
+                         ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Truncated Tucker decomposition ``T ≈ core ×₁ U1 ×₂ U2 ×₃ U3`` with tensorly (pytorch backend).
 
     ``method="hosvd"``: truncated HOSVD (leading left singular vectors of each unfolding, no iterations);
     ``"hooi"``: higher-order orthogonal iteration started from the HOSVD (at most ``n_iter_max`` sweeps).
-    Returns ``(core (r1, r2, r3), [U1 (I1, r1), U2 (I2, r2), U3 (I3, r3)])`` with orthonormal factors.
+    ``modes`` (1-based, like ``unfold`` and ``mode_product``): decompose only these modes, one rank each,
+    and leave the others as they are (the core keeps their full size); default every mode.
+    Returns ``(core, [U_n for n in modes])`` with orthonormal factors, e.g. ``(core (r1, r2, r3), [U1 (I1, r1),
+    U2 (I2, r2), U3 (I3, r3)])``.
     """
-    from tensorly.decomposition import tucker
+    from tensorly.decomposition import partial_tucker
 
     T = _check_tensor("T", T)
     if method not in ("hosvd", "hooi"):
         raise ValueError(f"method must be 'hosvd' or 'hooi', got method={method!r}")
-    if len(ranks) != T.dim() or any(not 1 <= int(r) <= n for r, n in zip(ranks, T.shape)):
-        raise ValueError(f"ranks must have one entry per mode with 1 <= r_n <= T.shape[n]; got ranks={tuple(ranks)} "
-                         f"for T.shape={tuple(T.shape)}")
+    modes = tuple(range(1, T.dim() + 1)) if modes is None else tuple(modes)
+    axes = [_check_mode(m, T.dim()) for m in modes]
+    if len(ranks) != len(modes) or any(not 1 <= int(r) <= T.shape[a] for r, a in zip(ranks, axes)):
+        raise ValueError(f"ranks must have one entry per decomposed mode {modes} with 1 <= r_n <= the mode's size; "
+                         f"got ranks={tuple(ranks)} for T.shape={tuple(T.shape)}")
     with tl.backend_context("pytorch"):
-        core, factors = tucker(T, rank=[int(r) for r in ranks], init="svd",
-                               n_iter_max=0 if method == "hosvd" else n_iter_max, tol=tol)
+        (core, factors), _ = partial_tucker(T, rank=[int(r) for r in ranks], modes=axes, init="svd",
+                                            n_iter_max=0 if method == "hosvd" else n_iter_max, tol=tol)
     return core, list(factors)
 
 

@@ -8,7 +8,9 @@ A layer turns ``x`` (B, N, d) into
 4. the output (B, N, d) (``_output``).
 
 Subclasses implement those four steps, ``cache_spec`` and ``tucker_factors``; this class validates the
-call, resolves positions, and runs the cache.
+call, resolves positions, and runs the cache. Steps 1–2 are public as ``layer.qkv(x, cache=, positions=)``
+(what the kernel receives); ``fold_queries``, ``latent_rope`` and ``rotate`` expose the query folding of
+paper §6, and ``initialize`` the one initialization rule.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class AttentionLayer(nn.Module):
         raise NotImplementedError
 
     def tucker_factors(self) -> tuple[TuckerFactors, TuckerFactors]:
-        """Exact Tucker factors (pre-softmax 𝒲, post-softmax 𝒲̃) of this layer (PAPER.md §4)."""
+        """Exact Tucker factors (pre-softmax 𝒲, post-softmax 𝒲̃) of this layer (paper §4)."""
         raise NotImplementedError
 
     def tucker_biases(self) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -116,8 +118,27 @@ class AttentionLayer(nn.Module):
                        device=p.device, static=static)
 
     def kv_cache_per_token(self) -> int:
-        """Elements cached per token (PAPER.md §5)."""
+        """Elements cached per token (paper §5)."""
         return sum(h * w for h, w in self.cache_spec().values())
+
+    # ------------------------------------------------------------------------------- public steps
+    @property
+    def latent_rope(self) -> bool:
+        """Whether RoPE rotates the shared latent keys (paper §6: Tucker ``rope=True``, MLA ``rope="latent"``),
+        so that folded queries ``x F_i`` are rotated the same way (``fold_queries``)."""
+        return False
+
+    def fold_queries(self) -> torch.Tensor:
+        """The folded query matrices ``F`` (n_H, d, r3): head i's query in the key latent is ``x F_i`` and its
+        keys are ``x U3`` (paper §6). This default, ``F_i = U2 G_i`` from ``tucker_factors()``, serves every
+        RoPE-free layer; MLA and Tucker fold their own weights (also with latent RoPE)."""
+        pre, _ = self.tucker_factors()
+        return pre.U2 @ pre.head_cores()                                # (H, d, r3)
+
+    def rotate(self, t: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """This layer's RoPE (its ``rope_base`` and ``rope_style``) on the last dim of ``t`` (..., N, D) at
+        ``positions`` (N,)."""
+        return self._rope(t, positions)
 
     # ------------------------------------------------------------------------------------ subclasses
     def _project(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -162,7 +183,7 @@ class AttentionLayer(nn.Module):
     # ---------------------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor, *, causal: bool = False, cache: KVCache | None = None,
                 positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Attention over ``x`` (B, N, d_model) -> (B, N, d_model).
+        """Attention over ``x`` (B, N, d_model) -> (B, N, d_model): ``qkv``, the kernel, the output projection.
 
         Args:
             causal: mask future tokens (bottom-right aligned when a cache holds earlier tokens).
@@ -170,10 +191,26 @@ class AttentionLayer(nn.Module):
             positions: (N,) absolute positions for RoPE; default ``start .. start+N-1`` where ``start`` is
                 one past the cache's last position (0 without a cache).
         """
-        p = next(self.parameters())
-        check_input(x, self.d_model, param=p)
         if not isinstance(causal, bool):
             raise TypeError(f"causal must be a bool, got {causal!r}")
+        q, k, v = self.qkv(x, cache=cache, positions=positions)
+        mask = None if cache is None else cache.attention_mask(x.shape[1], causal)   # static layout: (N, max_len)
+        o = attend(q, k, v, scale=self.scale, causal=causal and mask is None,
+                   dropout_p=self.dropout if self.training else 0.0, backend=self.backend, mask=mask)
+        return self._output(o)                                         # (B, N, d_model)
+
+    def qkv(self, x: torch.Tensor, *, cache: KVCache | None = None, positions: torch.Tensor | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The queries, keys and values this layer gives the attention kernel for ``x`` (B, N, d_model).
+
+        Returns ``q`` (B, H_q, N, D), ``k`` (B, H_kv, S, D), ``v`` (B, H_kv, S, D_v), in ``q``'s dtype, with
+        ``S = N`` without a cache and all held tokens with one (the new ones are appended, as in ``forward``).
+        MHA: H_kv = H_q, D = D_v = d_H; GQA: H_kv = n_kv; MLA and Tucker: one shared latent key/value head
+        (latent MQA, paper §3), D = r3 (MLA: d_c^K, + d_R with decoupled RoPE). ``cache`` and ``positions`` as
+        in ``forward``.
+        """
+        p = next(self.parameters())
+        check_input(x, self.d_model, param=p)
         B, N, _ = x.shape
         if cache is not None:
             if not isinstance(cache, KVCache):
@@ -204,15 +241,11 @@ class AttentionLayer(nn.Module):
             positions = positions.to(x.device)
 
         q, entries = self._project(x, positions)                       # q: (B, Hq, N, D)
-        mask = None
         if cache is not None:
             entries = cache.write(positions, {k: v.to(cache.dtype) for k, v in entries.items()},
                                   default_positions=default_positions)
             key_positions = cache.held_positions()
-            mask = cache.attention_mask(N, causal)                     # static layout: (N, max_len)
         else:
             key_positions = positions
         k, v = self._keys_values(entries, key_positions)               # (B, Hkv, S, D), (B, Hkv, S, Dv)
-        o = attend(q, k.to(q.dtype), v.to(q.dtype), scale=self.scale, causal=causal and mask is None,
-                   dropout_p=self.dropout if self.training else 0.0, backend=self.backend, mask=mask)
-        return self._output(o)                                         # (B, N, d_model)
+        return q, k.to(q.dtype), v.to(q.dtype)

@@ -1,4 +1,4 @@
-"""Tucker factors of an attention layer (PAPER.md §3–4).
+"""Tucker factors of an attention layer (paper §3–4).
 
 Every layer of the family *is* a pair of Tucker tensors: the pre-softmax ``𝒲 = 𝒞 ×₁ U₁ ×₂ U₂ ×₃ U₃``
 (modes head, query, key) and the post-softmax ``𝒲̃`` (modes head, output, value). Each layer class

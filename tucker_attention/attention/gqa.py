@@ -1,7 +1,7 @@
 """Grouped-query attention (GQA); ``n_kv_heads=1`` is multi-query attention (MQA).
 
 Query head ``i`` uses key/value group ``g(i) = floor(i * n_kv / n_H)`` (contiguous groups, as SDPA's
-``enable_gqa`` and flash-attn assume). Its exact Tucker form is PAPER.md §4, Theorem B.3.
+``enable_gqa`` and flash-attn assume). Its exact Tucker form is paper §4, Theorem B.3.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Multi-head attention (MHA): GQA with one key/value head per query head.
 
-Exact Tucker form (PAPER.md §4, Theorem B.2): ``U1 = I``, ``U2 = W^Q``, ``U3 = W^K``, ``𝒞[i] = E_i E_i^T``;
+Exact Tucker form (paper §4, Theorem B.2): ``U1 = I``, ``U2 = W^Q``, ``U3 = W^K``, ``𝒞[i] = E_i E_i^T``;
 post-softmax ``Ũ1 = I``, ``Ũ2 = (W^O)^T``, ``Ũ3 = W^V`` with the same core — the special case
 ``n_kv_heads = n_heads`` of Theorem B.3, which ``GroupedQueryAttention.tucker_factors`` builds.
 """

@@ -1,4 +1,4 @@
-"""Multi-head latent attention (MLA, DeepSeek-V2) in the paper's form (PAPER.md §4–6).
+"""Multi-head latent attention (MLA, DeepSeek-V2) in the paper's form (paper §4–6).
 
 Queries pass through a ``q_latent`` (d_c^Q), keys and values through one shared ``kv_latent`` (d_c^K)
 — or, with ``separate_kv=True``, separate key and value latents of the same width. Head i:
@@ -13,7 +13,7 @@ cache therefore holds only the latent: ``d_c^K`` per token (``2 d_c^K`` with sep
 
 RoPE (``rope=``):
 - ``None``: no positions.
-- ``"latent"``: rotate the latent query q̂_i and the latent key c_kv (dimension d_c^K, PAPER.md §6); the
+- ``"latent"``: rotate the latent query q̂_i and the latent key c_kv (dimension d_c^K, paper §6); the
   query side then folds into one matrix F_i = W^{DQ} W^{UQ}_i (W^{UK}_i)ᵀ. No decoupled part is needed.
 - ``"decoupled"``: DeepSeek-V2's extra ``rope_dim`` (d_R) dims per head: q^R_i = RoPE(c_q W^{QR}_i) and one
   shared key k^R = RoPE(X W^{KR}) concatenated to the no-rope parts; s = 1/sqrt(d_H + d_R); the cache holds
@@ -174,6 +174,20 @@ class MultiHeadLatentAttention(AttentionLayer):
         B, H, N, _ = o.shape
         heads = o @ self._up(self.v_up)                                 # (B, H, N, d_H): o_i W^UV_i
         return self.o_proj(heads.transpose(1, 2).reshape(B, N, self.d_model))
+
+    @property
+    def latent_rope(self) -> bool:
+        return self.rope == "latent"
+
+    def fold_queries(self) -> torch.Tensor:
+        """``F_i = W^{DQ} W^{UQ}_i (W^{UK}_i)ᵀ`` (n_H, d, d_c^K) for any ``rope`` (with "decoupled" this is the
+        no-RoPE part; the decoupled dims stay separate). A query-latent RMSNorm sits between W^{DQ} and W^{UQ}
+        and does not fold."""
+        if self.latent_norm == "q_kv":
+            raise ValueError("fold_queries: the query-latent RMSNorm (latent_norm='q_kv') sits between W^DQ and "
+                             "W^UQ and does not fold; use latent_norm=None or 'kv'")
+        G = self._up(self.q_up) @ self._up(self.k_up).transpose(1, 2)   # (H, dcQ, dcK)
+        return self.q_down.weight.T @ G                                 # (d, dcQ) @ (H, dcQ, dcK) -> (H, d, dcK)
 
     def tucker_factors(self) -> tuple[TuckerFactors, TuckerFactors]:
         """Theorem B.4: U1 = I, U2 = W^{DQ}, U3 = W^{DKV}, G_i = W^{UQ}_i (W^{UK}_i)ᵀ; post-softmax Ũ1 = I,

@@ -1,4 +1,4 @@
-"""Tucker Attention (PAPER.md §3): both attention tensors in Tucker form, computed as latent MQA.
+"""Tucker Attention (paper §3): both attention tensors in Tucker form, computed as latent MQA.
 
     𝒲 = 𝒞 ×₁ U₁ ×₂ U₂ ×₃ U₃          (modes head, query, key;   ranks r1, r2, r3)
     𝒲̃ = 𝒞̃ ×₁ Ũ₁ ×₂ Ũ₂ ×₃ Ũ₃          (modes head, output, value; ranks r̃1, r̃2, r̃3)
@@ -181,6 +181,14 @@ class TuckerAttention(AttentionLayer):
         y = o.transpose(1, 2).reshape(B, N, H * Dv) @ Gt_all           # (B, N, r̃2): Σ_i O_i G̃_iᵀ
         y = y @ self.post_U2.T                                         # (B, N, d)
         return y + self.out_bias if self.bias else y
+
+    @property
+    def latent_rope(self) -> bool:
+        return self.rope
+
+    def fold_queries(self) -> torch.Tensor:
+        """``F_i = U2 G_i`` (n_H, d, r3), also with latent RoPE (the rotation acts on the r3 key latent)."""
+        return self.U2 @ torch.einsum("ha,abc->hbc", self.U1, self.core)   # (H, d, r3)
 
     def tucker_factors(self) -> tuple[TuckerFactors, TuckerFactors]:
         """Its own parameters: (𝒞, U1, U2, U3) and (𝒞̃, Ũ1, Ũ2, Ũ3)."""

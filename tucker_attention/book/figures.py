@@ -82,22 +82,24 @@ def bar_budget(ax, labels: Sequence[str], values: Sequence[float], *, methods: S
 
 
 def budget_figure(rows: Sequence[BudgetRow], *, title: str = "", log: bool = True):
-    """Two panels: attention parameters and KV cache per token (one layer), one bar per row.
+    """Two panels, one above the other: attention parameters and KV cache per token (one layer), one bar per row.
 
-    Percentages are relative to the first row (put MHA first). Returns the ``Figure``.
+    Stacked (not side by side) so that every bar keeps the full page width for its value label, however many
+    rows there are. Percentages are relative to the first row (put MHA first). Returns the ``Figure``.
     """
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.8), layout="constrained")
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6.4), layout="constrained", sharex=True)
     labels, methods = [r.label for r in rows], [r.method for r in rows]
     bar_budget(ax1, labels, [r.params for r in rows], methods=methods, log=log,
-               ylabel="attention parameters per layer")
+               ylabel="parameters per layer")
     bar_budget(ax2, labels, [r.kv_per_token for r in rows], methods=methods, log=log,
-               ylabel="KV cache per token and layer (elements)")
-    ax1.set_title("parameters")
-    ax2.set_title("KV cache")
+               ylabel="KV cache per token\nand layer (elements)")
+    ax1.tick_params(labelbottom=False)
+    ax1.set_title("attention parameters", fontsize=11)
+    ax2.set_title("KV cache", fontsize=11)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=11)
     return fig
 
 
@@ -231,7 +233,7 @@ def plot_recorded_timings(ax, records: Sequence[dict]) -> int:
 
 # ------------------------------------------------ ranks and unfolding spectra (chapter 04 and later)
 MODE_NAMES: dict[str, tuple[str, str, str]] = {"W": ("head", "query", "key"), "W_tilde": ("head", "output", "value")}
-"""The three modes of the pre-softmax tensor 𝒲 and of the post-softmax tensor 𝒲̃ (PAPER.md §2)."""
+"""The three modes of the pre-softmax tensor 𝒲 and of the post-softmax tensor 𝒲̃ (paper §2)."""
 
 MODE_COLORS: tuple[str, str, str] = ("C9", "C6", "C8")
 """One colour per mode (1, 2, 3) in spectra figures; distinct from ``METHOD_COLORS``."""
