@@ -83,7 +83,15 @@ def test_compact_labels():
         ["2.36M", "426k", "15.4k", "1,536", "128", "3.14"]
 
 
-@pytest.mark.parametrize("which", ["budget", "cache", "gpt2_budget"])
+CHAPTER_04_CONFIGS = [
+    ("MHA", "mha", {}), ("GQA n_KV=4", "gqa", {"n_kv_heads": 4}), ("GQA n_KV=2", "gqa", {"n_kv_heads": 2}),
+    ("MQA", "mqa", {}), ("MLA d_c=128", "mla", {"q_latent": 128, "kv_latent": 128}),
+    ("MLA d_c=128, separate", "mla", {"q_latent": 128, "kv_latent": 128, "separate_kv": True}),
+    ("Tucker [8,128,64]", "tucker", {"ranks": (8, 128, 64)}), ("Tucker [8,64,64]", "tucker", {"ranks": (8, 64, 64)}),
+]
+
+
+@pytest.mark.parametrize("which", ["budget", "cache", "gpt2_budget", "chapter_04_budget"])
 def test_budget_and_cache_figures_are_readable_at_the_sites_width(which):
     """No label overlaps another and none is below ~9 px when the figure is scaled to the text column."""
     if which == "budget":
@@ -91,6 +99,9 @@ def test_budget_and_cache_figures_are_readable_at_the_sites_width(which):
         fig = book.budget_figure(rows, title="one attention layer")
     elif which == "gpt2_budget":
         fig = book.budget_figure(book.budget_rows(book.gpt2_small_configs(), 768, 12))
+    elif which == "chapter_04_budget":
+        fig = book.budget_figure(book.budget_rows(CHAPTER_04_CONFIGS, 768, 12),
+                                 title="one attention layer, d = 768, n_H = 12 (percentages: share of MHA)")
     else:
         fig = book.cache_figure(book.gpt2_small_configs(), seq_len=1024, batch_size=1, d_model=768, n_heads=12,
                                 n_layers=12)
