@@ -98,10 +98,7 @@ def test_format_table_rejects_ragged_rows():
 
 
 # ------------------------------------------------------------------------------- capture_attention
-def test_capture_attention_sees_latent_mqa_and_restores_attend():
-    from tucker_attention.attention import base
-
-    original = base.attend
+def test_capture_attention_sees_latent_mqa():
     layer = ta.TuckerAttention(32, 4, ranks=(2, 12, 6), post_ranks=(3, 10, 8)).double()
     x = torch.randn(2, 7, 32, dtype=torch.float64)
     call = book.capture_attention(layer, x, causal=True)
@@ -110,17 +107,18 @@ def test_capture_attention_sees_latent_mqa_and_restores_attend():
     assert call.backend in ("flash", "sdpa", "math")
     torch.testing.assert_close(call.y, layer(x, causal=True), rtol=0, atol=0)
     torch.testing.assert_close(call.k[:, 0], x @ layer.U3, rtol=0, atol=1e-12)
-    assert base.attend is original
 
 
-def test_capture_attention_restores_attend_after_an_error():
-    from tucker_attention.attention import base
-
-    original = base.attend
-    layer = ta.MultiHeadAttention(16, 2)
+def test_capture_attention_with_a_cache_is_one_decoding_step():
+    layer = ta.MultiHeadLatentAttention(16, 2, 8, 6, rope="latent").double()
+    x = torch.randn(1, 5, 16, dtype=torch.float64)
+    cache = layer.make_cache(1, 5)
+    layer(x[:, :4], causal=True, cache=cache)
+    call = book.capture_attention(layer, x[:, 4:], causal=True, cache=cache)
+    assert call.k.shape == (1, 1, 5, 6) and cache.length == 5                 # appended once
+    torch.testing.assert_close(call.y, layer(x, causal=True)[:, 4:], rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="x must have shape"):
-        book.capture_attention(layer, torch.randn(1, 3, 8))
-    assert base.attend is original
+        book.capture_attention(layer, torch.randn(1, 3, 8, dtype=torch.float64))
 
 
 # ---------------------------------------------------------------------------------------- figures

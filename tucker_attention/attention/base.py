@@ -5,12 +5,14 @@ A layer turns ``x`` (B, N, d) into
 1. queries ``q`` (B, H_q, N, D) and the per-token entries it caches (``_project``);
 2. keys ``k`` (B, H_kv, S, D) and values ``v`` (B, H_kv, S, D_v) from all cached entries (``_keys_values``);
 3. ``o = attend(q, k, v)`` with one of the kernels of ``backends.py``;
-4. the output (B, N, d) (``_output``).
+4. the output (B, N, d) (``output``).
 
 Subclasses implement those four steps, ``cache_spec`` and ``tucker_factors``; this class validates the
-call, resolves positions, and runs the cache. Steps 1–2 are public as ``layer.qkv(x, cache=, positions=)``
-(what the kernel receives); ``fold_queries``, ``latent_rope`` and ``rotate`` expose the query folding of
-paper §6, and ``initialize`` the one initialization rule.
+call, resolves positions, and runs the cache. The steps are public: ``layer.qkv(x, cache=, positions=)``
+(what the kernel receives, steps 1–2), ``layer.attention(q, k, v, causal=, cache=)`` (step 3, with this
+layer's scale, mask, dropout and backend) and ``layer.output(o)`` (step 4); ``fold_queries``,
+``latent_rope`` and ``rotate`` expose the query folding of paper §6, ``initialize`` the one initialization
+rule.
 """
 
 from __future__ import annotations
@@ -148,7 +150,8 @@ class AttentionLayer(nn.Module):
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def _output(self, o: torch.Tensor) -> torch.Tensor:
+    def output(self, o: torch.Tensor) -> torch.Tensor:
+        """The layer's output (B, N, d_model) from the kernel's output ``o`` (B, H_q, N, D_v)."""
         raise NotImplementedError
 
     # ---------------------------------------------------------------------------------------- helpers
@@ -194,10 +197,15 @@ class AttentionLayer(nn.Module):
         if not isinstance(causal, bool):
             raise TypeError(f"causal must be a bool, got {causal!r}")
         q, k, v = self.qkv(x, cache=cache, positions=positions)
-        mask = None if cache is None else cache.attention_mask(x.shape[1], causal)   # static layout: (N, max_len)
-        o = attend(q, k, v, scale=self.scale, causal=causal and mask is None,
-                   dropout_p=self.dropout if self.training else 0.0, backend=self.backend, mask=mask)
-        return self._output(o)                                         # (B, N, d_model)
+        return self.output(self.attention(q, k, v, causal=causal, cache=cache))   # (B, N, d_model)
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+                  cache: KVCache | None = None) -> torch.Tensor:
+        """The kernel on ``qkv``'s output: ``softmax(s q kᵀ + mask) v`` (B, H_q, N, D_v) with this layer's score
+        scale, dropout (in training) and backend; ``cache``: the one ``qkv`` appended to (its mask)."""
+        mask = None if cache is None else cache.attention_mask(q.shape[2], causal)   # static layout: (N, max_len)
+        return attend(q, k, v, scale=self.scale, causal=causal and mask is None,
+                      dropout_p=self.dropout if self.training else 0.0, backend=self.backend, mask=mask)
 
     def qkv(self, x: torch.Tensor, *, cache: KVCache | None = None, positions: torch.Tensor | None = None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

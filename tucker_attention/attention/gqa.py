@@ -86,7 +86,7 @@ class GroupedQueryAttention(AttentionLayer):
     def _keys_values(self, entries, positions):
         return entries["k"], entries["v"]
 
-    def _output(self, o):
+    def output(self, o):
         B, H, N, D = o.shape
         return self.o_proj(o.transpose(1, 2).reshape(B, N, H * D))    # (B, N, d)
 

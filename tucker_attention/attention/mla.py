@@ -170,7 +170,7 @@ class MultiHeadLatentAttention(AttentionLayer):
             k = torch.cat((k, entries["k_rope"]), dim=-1)               # (B, 1, S, dcK + dR)
         return k, v
 
-    def _output(self, o):
+    def output(self, o):
         B, H, N, _ = o.shape
         heads = o @ self._up(self.v_up)                                 # (B, H, N, d_H): o_i W^UV_i
         return self.o_proj(heads.transpose(1, 2).reshape(B, N, self.d_model))

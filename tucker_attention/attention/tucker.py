@@ -175,7 +175,7 @@ class TuckerAttention(AttentionLayer):
             return (self._rope(kv, positions) if self.rope else kv), kv
         return entries["k"], entries["v"]
 
-    def _output(self, o):
+    def output(self, o):
         B, H, N, Dv = o.shape
         _, Gt_all = self.head_cores()                                  # (H·r̃3, r̃2)
         y = o.transpose(1, 2).reshape(B, N, H * Dv) @ Gt_all           # (B, N, r̃2): Σ_i O_i G̃_iᵀ

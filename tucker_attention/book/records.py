@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .. import __version__, counting
-from ..attention import available_backends
+from ..attention import available_backends, registry
 from ..attention.backends import flash_attn_module, resolve_backend
 
 __all__ = [
@@ -180,33 +180,17 @@ class AttentionCall:
     y: torch.Tensor
 
 
-def capture_attention(layer: torch.nn.Module, x: torch.Tensor, **forward_kwargs) -> AttentionCall:
-    """Run ``layer(x, **forward_kwargs)`` and return the q, k, v the layer gave the kernel, and its output.
+def capture_attention(layer: torch.nn.Module, x: torch.Tensor, *, causal: bool = False, cache=None,
+                      positions: torch.Tensor | None = None) -> AttentionCall:
+    """Run ``layer`` on ``x`` through its public steps and return the q, k, v its kernel gets, and its output.
 
-    Every layer of the package calls ``attend`` once per forward pass (``AttentionLayer.forward``); this
-    wraps that call for the duration of the pass (the module attribute is restored afterwards, also on
-    error). Raises ``RuntimeError`` if the kernel was not called exactly once.
+    ``layer.qkv`` (queries, keys and values, appending to ``cache``), ``layer.attention`` (the kernel) and
+    ``layer.output`` are exactly what ``layer(x, causal=, cache=, positions=)`` runs, so ``y`` is its output.
     """
-    from ..attention import base
-
-    calls: list[tuple] = []
-    original = base.attend
-
-    def spy(q, k, v, **kw):
-        o = original(q, k, v, **kw)
-        calls.append((q, k, v, o, kw))
-        return o
-
-    base.attend = spy
-    try:
-        y = layer(x, **forward_kwargs)
-    finally:
-        base.attend = original
-    if len(calls) != 1:
-        raise RuntimeError(f"expected the layer to call the attention kernel once, it called it {len(calls)} times")
-    q, k, v, o, kw = calls[0]
-    backend = resolve_backend(kw.get("backend", "auto"), q, k, v)
-    return AttentionCall(q=q, k=k, v=v, o=o, scale=kw["scale"], causal=kw["causal"], backend=backend, y=y)
+    q, k, v = layer.qkv(x, cache=cache, positions=positions)
+    o = layer.attention(q, k, v, causal=causal, cache=cache)
+    return AttentionCall(q=q, k=k, v=v, o=o, scale=layer.scale, causal=causal,
+                         backend=resolve_backend(layer.backend, q, k, v), y=layer.output(o))
 
 
 # -------------------------------------------------------------------------------- budgets (Table 1)
@@ -251,18 +235,18 @@ def gpt2_small_configs() -> list[Config]:
     return [(row.label, row.method, row.sizes) for row in counting.gpt2_small_table()]
 
 
-RANK_METHODS = ("mha", "gqa", "mqa", "mla", "tucker")
+RANK_METHODS = registry.method_names()
+"""Every method of the package's registry (``attention.METHODS``)."""
 
 
 def rank_layer_sizes(method: str, *, n_kv_heads: int, q_latent: int, kv_latent: int, separate_kv: bool,
                      ranks: Sequence[int]) -> dict:
-    """The ``counting.build_layer`` size arguments of ``method`` picked from a full set of widget settings.
+    """The ``attention.build`` size arguments of ``method`` picked from a full set of widget settings
+    (the method's size fields in ``attention.METHODS``).
 
     >>> rank_layer_sizes("gqa", n_kv_heads=2, q_latent=8, kv_latent=4, separate_kv=False, ranks=(2, 8, 4))
     {'n_kv_heads': 2}
     """
-    if method not in RANK_METHODS:
-        raise ValueError(f"method must be one of {RANK_METHODS}, got method={method!r}")
-    return {"mha": {}, "mqa": {}, "gqa": {"n_kv_heads": n_kv_heads},
-            "mla": {"q_latent": q_latent, "kv_latent": kv_latent, "separate_kv": separate_kv},
-            "tucker": {"ranks": tuple(ranks)}}[method]
+    settings = {"n_kv_heads": n_kv_heads, "q_latent": q_latent, "kv_latent": kv_latent, "separate_kv": separate_kv,
+                "ranks": tuple(ranks)}
+    return {k: v for k, v in settings.items() if k in registry.spec(method).sizes}

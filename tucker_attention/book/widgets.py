@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .. import counting
+from ..attention import registry
 from ..attention.rope import rope_relative_scores
 from .figures import _error_figure, budget_figure, cache_figure, plot_layer_spectra
 from .records import RANK_METHODS, Config, budget_rows, family_configs, gpt2_small_configs, rank_layer_sizes
@@ -169,7 +169,7 @@ def rank_widget(*, d_model: int = 64, n_heads: int = 8, method: str = "mla", n_k
                 seed: int = 0, device: str | torch.device = "cpu", rtol: float = 1e-10):
     """Pick a method and its sizes → measured multilinear ranks and the unfolding spectra of 𝒲 and 𝒲̃.
 
-    The layer is ``counting.build_layer(method, d_model, n_heads, **sizes)`` with seed ``seed``, in float64 on
+    The layer is ``attention.build(method, d_model, n_heads, **sizes)`` with seed ``seed``, in float64 on
     ``device``; the figure is ``plot_layer_spectra``, and a line below compares the measured ranks with the
     exact Tucker construction (the layer's ``tucker_factors``). Controls that a method does not use are ignored.
     Settings that define no valid layer draw the package's error message instead of raising.
@@ -179,14 +179,13 @@ def rank_widget(*, d_model: int = 64, n_heads: int = 8, method: str = "mla", n_k
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
-    if method not in RANK_METHODS:
-        raise ValueError(f"method must be one of {RANK_METHODS}, got method={method!r}")
+    registry.spec(method)                                      # ValueError naming the methods
     divisors = [k for k in range(1, n_heads + 1) if n_heads % k == 0]
     if n_kv_heads not in divisors:
         raise ValueError(f"n_kv_heads must divide n_heads={n_heads}, got n_kv_heads={n_kv_heads}")
     style = {"description_width": "90px"}
     controls = {
-        "method": widgets.Dropdown(options=[(m.upper() if m != "tucker" else "Tucker", m) for m in RANK_METHODS],
+        "method": widgets.Dropdown(options=[(registry.spec(m).title, m) for m in RANK_METHODS],
                                    value=method, description="method", style=style),
         "n_kv_heads": widgets.SelectionSlider(options=divisors, value=n_kv_heads, description="GQA n_KV",
                                               style=style),
@@ -206,7 +205,7 @@ def rank_widget(*, d_model: int = 64, n_heads: int = 8, method: str = "mla", n_k
         last.update(sizes=sizes, ranks=None)
         try:
             torch.manual_seed(seed)
-            layer = counting.build_layer(method, d_model, n_heads, **sizes).to(device=device, dtype=torch.float64)
+            layer = registry.build(method, d_model, n_heads, **sizes).to(device=device, dtype=torch.float64)
             fig, ax = plt.subplots(figsize=(8.5, 3.8), layout="constrained")
             ranks_ = plot_layer_spectra(ax, layer, rtol=rtol, title=f"{method.upper()} {sizes}, d={d_model}, "
                                                                      f"n_H={n_heads}")
