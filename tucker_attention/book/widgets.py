@@ -283,3 +283,86 @@ def rope_widget(*, dim: int = 64, base: float = 10000.0, offset: int = 2000, max
     box = _widget_box(controls, draw, columns=3)
     box.last = last
     return box
+
+
+def latent_rope_widget(*, d_model: int = 64, n_heads: int = 8, ranks: Sequence[int] = (4, 32, 16),
+                       n_tokens: int = 48, offset: int = 1000, base: float = 10000.0, head: int = 0,
+                       seed: int = 0, device: str | torch.device = "cpu"):
+    """Latent RoPE in a Tucker layer: shift every position by t, and the layer's scores do not move.
+
+    Controls: the latent key size r₃ (the dimension RoPE rotates in), the common shift t, the RoPE base and
+    the head shown. For each setting a ``TuckerAttention(d_model, n_heads, ranks=(r₁, r₂, r₃), rope=True)``
+    (seed ``seed``, float64, on ``device``) scores ``n_tokens`` random tokens (``convert.layer_scores``) at
+    positions 0..N−1 and t..t+N−1. The figure shows the last query's scores against the relative distance
+    Δ = m − n: lines at positions shifted by t, circles unshifted (they coincide: the scores depend on m − n
+    only), grey the same weights without RoPE; the title gives the largest score difference over all heads
+    and tokens. Returns an ``ipywidgets.VBox`` with ``box.controls`` and ``box.last`` =
+    ``{"r3", "offset", "base", "max_shift_difference", "rope_effect"}`` (``rope_effect``: the largest
+    change RoPE makes to the scores, against the same layer without RoPE).
+    """
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    from ..attention.tucker import TuckerAttention
+    from ..convert import layer_scores
+
+    r1, r2, r3 = (int(r) for r in ranks)
+    bases = [100.0, 1000.0, 10000.0, 100000.0]
+    if float(base) not in bases:
+        raise ValueError(f"base must be one of {bases}, got base={base!r}")
+    r3_options = list(range(2, r2 + 1, 2))
+    if r3 not in r3_options:
+        raise ValueError(f"ranks[2] must be even and at most ranks[1]={r2} (latent RoPE rotates pairs), "
+                         f"got ranks={tuple(ranks)}")
+    if not 0 <= head < n_heads:
+        raise ValueError(f"head must be in [0, n_heads={n_heads}), got head={head}")
+    max_offset = 20000
+    style = {"description_width": "130px"}
+    controls = {
+        "r3": widgets.SelectionSlider(options=r3_options, value=r3, description="latent key size r3",
+                                      style=style),
+        "offset": widgets.IntSlider(value=offset, min=0, max=max_offset, step=100, description="shift t",
+                                    style=style),
+        "base": widgets.SelectionSlider(options=[(f"{b:,.0f}", b) for b in bases], value=float(base),
+                                        description="RoPE base", style=style),
+        "head": widgets.IntSlider(value=head, min=0, max=n_heads - 1, description="head shown", style=style),
+    }
+    last: dict = {}
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, n_tokens, d_model, generator=gen, dtype=torch.float64).to(device)
+    pos = torch.arange(n_tokens, device=device)
+
+    def draw(r3, offset, base, head):
+        torch.manual_seed(seed)
+        sizes = dict(ranks=(r1, r2, r3), max_seq_len=max_offset + n_tokens, rope_base=base)
+        layer = TuckerAttention(d_model, n_heads, rope=True, **sizes).to(device=device, dtype=torch.float64)
+        plain = TuckerAttention(d_model, n_heads, **sizes).to(device=device, dtype=torch.float64)
+        plain.load_state_dict(layer.state_dict())
+        with torch.no_grad():
+            s0 = layer_scores(layer, x, pos)[0]                 # (n_H, N, N), positions 0..N-1
+            st = layer_scores(layer, x, pos + offset)[0]        # positions t..t+N-1
+            sp = layer_scores(plain, x)[0]                      # no RoPE
+        diff = float((st - s0).abs().max())
+        effect = float((s0 - sp).abs().max())
+        last.clear()
+        last.update(r3=r3, offset=offset, base=base, max_shift_difference=diff, rope_effect=effect)
+        m = n_tokens - 1
+        delta = (m - pos).cpu()                                 # relative distance of each key
+        fig, ax = plt.subplots(figsize=(8.5, 3.6), layout="constrained")
+        ax.plot(delta, sp[head, m].cpu(), color="0.65", lw=1.2, ls="--", label="same weights, no RoPE")
+        ax.plot(delta, st[head, m].cpu(), color="C4", lw=1.8, label=f"latent RoPE, positions shifted by t = {offset:,}")
+        ax.plot(delta, s0[head, m].cpu(), "o", color="C4", ms=4, mfc="none", label="latent RoPE, positions 0..N-1")
+        ax.set_xlabel("relative distance Δ = m − n (last query m, every key n)")
+        ax.set_ylabel(f"score, head {head}")
+        ax.set_title(f"r3 = {r3}, base {base:,.0f}: max |score shifted − unshifted| = {diff:.1e} "
+                     f"(RoPE itself changes scores by up to {effect:.2g})", fontsize=10)
+        ax.legend(fontsize=9, loc="best")
+        ax.grid(True, alpha=0.3)
+        plt.show()
+
+    box = _widget_box(controls, draw, columns=2)
+    box.last = last
+    return box
+
+
+__all__ += ["latent_rope_widget"]
