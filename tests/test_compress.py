@@ -338,3 +338,67 @@ def test_cli_compress_and_sweep_compress(tmp_path, capsys):
                  "--out", str(tmp_path / "sw"), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "| MQA |" in printed and "| GQA n_kv=2 |" in printed and "2 runs" in printed
+
+
+# ------------------------------------------------------------------------------ 🤗 models
+def _llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64, rope_theta=500.0)
+    return LlamaForCausalLM(cfg).double().eval()
+
+
+def test_from_peer_llama_attention_is_exact():
+    """🤗 LlamaAttention → GroupedQueryAttention(rope=True, rope_style="half", rope_base=rope_theta). 🤗 computes its
+    RoPE angles in float32, hence the 1e-6 tolerance (the projections are float64)."""
+    from tucker_attention.convert import from_peer
+
+    model = _llama()
+    attn = model.model.layers[0].self_attn
+    layer = from_peer(attn)
+    assert isinstance(layer, GroupedQueryAttention) and layer.n_kv_heads == 2 and layer.rope
+    assert layer.rope_style == "half" and layer.rope_base == 500.0
+    x = torch.randn(2, 10, 32, dtype=torch.float64)
+    pos = torch.arange(3, 13).expand(2, -1)
+    cos_sin = model.model.rotary_emb(x, pos)
+    mask = torch.full((10, 10), float("-inf"), dtype=torch.float64).triu(1)[None, None]
+    ref, _ = attn(x, position_embeddings=cos_sin, attention_mask=mask)
+    assert rel(layer(x, causal=True, positions=pos[0]), ref) < 1e-6
+
+
+def test_compress_peer_model_gpt2_vit_llama():
+    from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTForImageClassification
+
+    from tucker_attention.convert import PeerAttention, compress_peer_model
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 64, (2, 12))
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=32,
+                                      bos_token_id=0, eos_token_id=0)).double().eval()
+    ref = gpt2(ids, use_cache=False).logits
+    for method, sizes in (("mha", {}), ("tucker", {"ranks": (4, 32, 32)})):
+        new, report = compress_peer_model(gpt2, method, **sizes)
+        assert len(report) == 2 and all(isinstance(b.attn, PeerAttention) for b in new.transformer.h)
+        assert rel(new(ids, use_cache=False).logits, ref) < TOL
+    small, report = compress_peer_model(gpt2, "tucker", ranks=(2, 16, 8))
+    assert 0 < report[0]["rel_error_W"] < 1 and rel(small(ids, use_cache=False).logits, ref) > 1e-3
+    with pytest.raises(ValueError, match="use_cache=False"):
+        small(ids, use_cache=True)
+    vit = ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                              intermediate_size=64, image_size=16, patch_size=4,
+                                              num_labels=5)).double().eval()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    new, _ = compress_peer_model(vit, "tucker", ranks=(4, 32, 32))
+    assert rel(new(pixel_values=x).logits, vit(pixel_values=x).logits) < TOL
+    llama = _llama()
+    ref = llama(ids, use_cache=False).logits
+    exact, _ = compress_peer_model(llama, "mha")
+    assert rel(exact(ids, use_cache=False).logits, ref) < 1e-6
+    with pytest.raises(ValueError, match="latent_rope=True"):
+        compress_peer_model(llama, "tucker", ranks=(4, 32, 16))
+    latent, report = compress_peer_model(llama, "tucker", ranks=(4, 32, 32), latent_rope=True)
+    assert report[0]["rel_error_W"] < TOL                              # the RoPE-free tensors are kept exactly,
+    assert rel(latent(ids, use_cache=False).logits, ref) > 1e-4        # but the rotation moved: not the same model
+    assert all(b.self_attn.layer.rope for b in latent.model.layers)

@@ -712,3 +712,165 @@ def compress_model(model: nn.Module, method: str, *, decomposition: str = "hosvd
 
 __all__ += ["COMPRESS_MODEL_METHODS", "mha_to_gqa", "mha_to_mla", "conversion_report", "convert_layer",
             "compress_model"]
+
+
+# ------------------------------------------------------------------ 🤗 models: Llama in, converted layers back
+@torch.no_grad()
+def _from_llama(m: nn.Module) -> AttentionLayer:
+    """🤗 ``LlamaAttention`` → ``GroupedQueryAttention(rope=True)`` (``MultiHeadAttention`` when every head has its
+    own key/value): the same projections, RoPE on the head dimension with Llama's pairing (``rotate_half``:
+    our ``rope_style="half"``) and base (``rope_theta``); Llama's score scale is folded into W^Q."""
+    from .attention import GroupedQueryAttention
+
+    cfg = m.config
+    d, H = cfg.hidden_size, cfg.num_attention_heads
+    n_kv = getattr(cfg, "num_key_value_heads", None) or H
+    head_dim = m.head_dim
+    if head_dim * H != d:
+        raise ValueError(f"from_peer: LlamaAttention with head_dim * num_attention_heads = {head_dim} * {H} != "
+                         f"hidden_size={d} is not supported (our layers use d_H = d_model / n_heads)")
+    rope = dict(getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {})
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        raise ValueError(f"from_peer: LlamaAttention with rope_type={rope_type!r} (scaled RoPE) is not supported, "
+                         "only 'default'")
+    if float(rope.get("partial_rotary_factor", getattr(cfg, "partial_rotary_factor", 1.0)) or 1.0) != 1.0:
+        raise ValueError("from_peer: LlamaAttention with partial_rotary_factor != 1 is not supported")
+    base = float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)))
+    lins = (m.q_proj, m.k_proj, m.v_proj, m.o_proj)
+    bias = any(lin.bias is not None for lin in lins)
+    like = m.q_proj.weight
+    layer = GroupedQueryAttention(d, H, n_kv, rope=True, bias=bias, rope_base=base, rope_style="half",
+                                  max_seq_len=int(cfg.max_position_embeddings),
+                                  dropout=float(getattr(cfg, "attention_dropout", 0.0) or 0.0))
+    layer = layer.to(device=like.device, dtype=like.dtype)
+    alpha = float(m.scaling) / layer.scale
+    for ours, theirs, a in ((layer.q_proj, m.q_proj, alpha), (layer.k_proj, m.k_proj, 1.0),
+                            (layer.v_proj, m.v_proj, 1.0), (layer.o_proj, m.o_proj, 1.0)):
+        ours.weight.copy_(theirs.weight * a)
+        if bias:
+            ours.bias.copy_(theirs.bias * a if theirs.bias is not None else torch.zeros_like(ours.bias))
+    return layer.train(m.training)
+
+
+_PEER_CONVERTERS["LlamaAttention"] = _from_llama
+PEERS = (*PEERS, "transformers LlamaAttention")
+_CAUSAL_PEERS = ("GPT2Attention", "LlamaAttention")
+
+
+class PeerAttention(nn.Module):
+    """One of our layers standing in for a 🤗 attention module inside a 🤗 model.
+
+    ``forward(hidden_states, ...)`` returns ``(output, None)``, what GPT-2, ViT and Llama blocks unpack
+    (output (B, N, d); no attention weights). Causal for GPT-2 and Llama. Positions for RoPE come from
+    ``position_ids`` when the model passes them (default ``0 .. N-1``). Not supported: 🤗 KV caches (call the model
+    with ``use_cache=False``) and padding masks (the causal or full mask is the layer's own).
+    """
+
+    def __init__(self, layer: AttentionLayer, *, peer: str, causal: bool) -> None:
+        super().__init__()
+        self.layer = _check_layer(layer)
+        self.peer = peer
+        self.causal = causal
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, None]:
+        cache = kwargs.get("cache", kwargs.get("past_key_values", kwargs.get("layer_past")))
+        if cache is not None and (not hasattr(cache, "get_seq_length") or cache.get_seq_length() > 0
+                                  or kwargs.get("use_cache")):
+            raise ValueError(f"PeerAttention ({self.peer} converted) does not use 🤗 KV caches; call the model "
+                             "with use_cache=False")
+        positions = None
+        ids = kwargs.get("position_ids")
+        if self.layer.has_rope and ids is not None:
+            ids = ids.reshape(-1, ids.shape[-1])
+            if not bool((ids == ids[:1]).all()):
+                raise ValueError("PeerAttention: position_ids differ between sequences of the batch; run them "
+                                 "one at a time")
+            positions = ids[0]
+        return self.layer(hidden_states, causal=self.causal, positions=positions), None
+
+    def extra_repr(self) -> str:
+        return f"peer={self.peer}, causal={self.causal}"
+
+
+@torch.no_grad()
+def with_latent_rope(layer: AttentionLayer, method: str, **sizes) -> AttentionLayer:
+    """A layer with **head-dim** RoPE (e.g. ``from_peer`` of a Llama) converted to Tucker or MLA with **latent**
+    RoPE (paper §6): the projections are compressed as if there were no rotation (``convert_layer`` on a RoPE-free
+    copy), then the result rotates in its latent key space (Tucker ``rope=True``, MLA ``rope="latent"``).
+
+    This is *not* the same function: head-dim RoPE rotates between W^Q_i and (W^K_i)ᵀ, where no Tucker or MLA
+    factor can hold it, so the converted model differs from the source and needs fine-tuning — the point of
+    paper §6 measured (``conversion_report`` compares the RoPE-free tensors only)."""
+    layer = _check_layer(layer)
+    if method not in ("tucker", "mla"):
+        raise ValueError(f"with_latent_rope: method must be 'tucker' or 'mla', got method={method!r}")
+    free = copy.deepcopy(layer)
+    if getattr(free, "rope", None) not in (True, None, False):
+        raise ValueError(f"with_latent_rope needs a layer with head-dim RoPE (rope=True), got rope={free.rope!r}")
+    free.rope = False
+    new = convert_layer(free, method, **sizes)
+    if method == "tucker":
+        out = TuckerAttention(new.d_model, new.n_heads, new.ranks, new.post_ranks, shared_kv=new.shared_kv,
+                              rope=True, bias=new.bias, **_layer_options(layer))
+    else:
+        out = MultiHeadLatentAttention(new.d_model, new.n_heads, new.q_latent, new.kv_latent,
+                                       separate_kv=new.separate_kv, rope="latent", **_layer_options(layer))
+    p = _param(new)
+    out = out.to(device=p.device, dtype=p.dtype).train(layer.training)
+    out.load_state_dict(new.state_dict())
+    return out
+
+
+@torch.no_grad()
+def compress_peer_model(model: nn.Module, method: str, *, decomposition: str = "hosvd", latent_rope: bool = False,
+                        **sizes) -> tuple[nn.Module, list[dict]]:
+    """A copy of a 🤗 model (GPT-2, ViT, Llama) with every attention module replaced by ``PeerAttention`` holding
+    our layer: ``from_peer`` (exact) then ``convert_layer(method, **sizes)``; ``method="mha"`` keeps the exact
+    ``from_peer`` layer. A layer with head-dim RoPE (Llama) stays exact only with ``method="mha"`` (its
+    ``GroupedQueryAttention(rope=True)``); "tucker"/"mla" need ``latent_rope=True`` (``with_latent_rope``: not exact,
+    fine-tune afterwards); "gqa"/"mqa" of a RoPE layer are not offered.
+
+    Returns ``(new_model, report)`` with one ``conversion_report`` per module (``layer``: its name; for RoPE layers
+    the report compares the RoPE-free tensors).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    new_model = copy.deepcopy(model)
+    targets, done = [], []
+    for name, m in new_model.named_modules():
+        if any(name.startswith(p + ".") for p in done):
+            continue
+        kind = peer_kind(m)
+        if kind is not None and kind != "MultiheadAttention":
+            targets.append((name, m, kind))
+            done.append(name)
+    if not targets:
+        raise ValueError(f"compress_peer_model: {type(model).__name__} holds no attention module that from_peer "
+                         f"converts ({', '.join(PEERS)})")
+    report = []
+    for name, m, kind in targets:
+        ours = from_peer(m)
+        if method == "mha":
+            new = ours
+        elif ours.has_rope:
+            if method not in ("tucker", "mla") or not latent_rope:
+                raise ValueError(f"{name} ({kind}) has head-dim RoPE, which {method} cannot hold exactly; pass "
+                                 "latent_rope=True for Tucker/MLA with latent RoPE (then fine-tune), or method='mha'")
+            new = with_latent_rope(ours, method, **sizes)
+        else:
+            new = convert_layer(ours, method, decomposition=decomposition, **sizes)
+        src, dst = ours, new
+        if ours.has_rope:
+            src = copy.deepcopy(ours)
+            src.rope = False
+            dst = copy.deepcopy(new)
+            dst.rope = None if isinstance(dst, MultiHeadLatentAttention) else False
+        report.append({"layer": name, **conversion_report(src, dst)})
+        parent, _, child = name.rpartition(".")
+        setattr(new_model.get_submodule(parent) if parent else new_model, child,
+                PeerAttention(new, peer=kind, causal=kind in _CAUSAL_PEERS))
+    return new_model, report
+
+
+__all__ += ["PeerAttention", "with_latent_rope", "compress_peer_model"]

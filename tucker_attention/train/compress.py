@@ -50,7 +50,7 @@ from .tasks import derive_seed, load_data, make_task, model_config_for
 __all__ = ["COMPRESS_PRESETS", "CompressPreset", "FINETUNE_DEFAULTS", "SOURCE_NAME", "Variant",
            "compress_and_finetune", "compress_checkpoint", "compress_record", "copy_records", "evaluate_model",
            "file_sha256", "finetune", "get_compress_preset", "pretrain_source", "protocol_rows", "protocol_table",
-           "run_compress_sweep", "slim_checkpoint", "variant_label"]
+           "run_compress_sweep", "scan_conversions", "slim_checkpoint", "variant_label"]
 
 SOURCE_NAME = "source.pt"
 RECORDS_NAME = "records.jsonl"
@@ -539,3 +539,24 @@ def protocol_table(records: Sequence[dict[str, Any]]) -> str:
                      f"{r['rel_error_W_mean']:.3f} / {r['rel_error_W_tilde_mean']:.3f} | "
                      f"{r['converted_' + key]:.4f} | {ft} | {r['n']} |")
     return "\n".join(lines)
+
+
+@torch.no_grad()
+def scan_conversions(model: nn.Module, variants: Sequence[Variant], *, data: Any, config: TrainConfig,
+                     decomposition: str = "hosvd") -> list[dict[str, Any]]:
+    """Convert ``model`` to each variant and evaluate it right away (no fine-tuning): one row per variant with
+    ``label, method, sizes, attention_params, kv_cache_per_token, rel_error_W, rel_error_W_tilde`` (means over
+    layers) and the validation metrics ``val_loss`` (``val_acc``) of ``evaluate_model`` under ``config``."""
+    rows = []
+    for v in variants:
+        if v.method == "mha":
+            new, report = model, []
+        else:
+            new, report = compress_model(model, v.method, decomposition=decomposition, **v.sizes)
+        n = max(len(report), 1)
+        rows.append({"label": variant_label(v), "method": v.method, "sizes": dict(v.sizes),
+                     "attention_params": new.attention_params(), "kv_cache_per_token": new.kv_cache_per_token(),
+                     "rel_error_W": sum(r["rel_error_W"] for r in report) / n,
+                     "rel_error_W_tilde": sum(r["rel_error_W_tilde"] for r in report) / n,
+                     **evaluate_model(new, new.config, data, config)})
+    return rows
