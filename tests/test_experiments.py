@@ -310,3 +310,18 @@ def test_budget_sentences_are_computed_from_the_rows():
     text = book.budget_bar(rows).sentence()
     assert "24.0% of MHA" in text and "2.0200 ± 0.0050" in text and "+1.00%" in text
     assert math.isclose(book.budget_bar(rows).gap, 0.01, rel_tol=1e-12)
+
+
+def test_head_mode_figure_clips_round_off_at_the_floor():
+    tucker = tiny_config({"method": "tucker", "ranks": [2, 16, 8]})
+    mha = tiny_config({"method": "mha"})
+    spectra = {name: (book.layer_spectra(book.initial_attention_layers(c, seed=0)),) * 2
+               for name, c in (("MHA", mha), ("Tucker", tucker))}
+    assert min(float(s.pre[0][-1] / s.pre[0][0]) for s in spectra["Tucker"][0]) < 1e-12   # r1 = 2 of 4
+    fig = book.head_mode_figure(spectra, floor=1e-3)
+    assert len(fig.axes) == 4
+    for ax in fig.axes:
+        assert ax.get_ylim()[0] == pytest.approx(5e-4)
+        assert all(min(line.get_ydata()) >= 1e-3 for line in ax.get_lines())
+    tucker_texts = [t.get_text() for t in fig.axes[1].texts]
+    assert tucker_texts == ["▼ below 0.001"] and not fig.axes[0].texts

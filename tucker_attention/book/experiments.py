@@ -32,7 +32,8 @@ from .figures import METHOD_COLORS
 
 __all__ = [
     "BudgetBar", "DominanceBar", "Sweep", "budget_bar", "compare_sweeps", "curve_figure", "dominance_bar",
-    "energy_suggestion", "gpt2_model", "head_mode_energy", "initial_attention_layers", "layer_spectra",
+    "energy_suggestion", "gpt2_model", "head_mode_energy", "head_mode_figure", "initial_attention_layers",
+    "layer_spectra",
     "load_attention_weights", "load_curve", "load_sweep", "mean_curve", "nearest_rows", "pareto_front",
     "plot_curves", "plot_lr_study", "plot_sweep", "rank_position", "rank_position_widget", "spectra_figure",
     "sweep_figure",
@@ -293,6 +294,15 @@ def _ordered(rows: Sequence[Mapping]) -> list[Mapping]:
     return sorted(rows, key=lambda r: (rank.get(r["method"], 99), -r["attention_params"]))
 
 
+def _plain_log_ticks(axis) -> None:
+    """Log-axis ticks at 1, 2, 5 × 10^k written as plain numbers (no overlapping minor labels)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def plot_sweep(ax, rows: Sequence[Mapping], *, x: str = "attention_params", bytes_per_elem: int | None = None,
                front: bool = True, label_points: bool = False) -> list[Mapping]:
     """Mean validation loss ± std over seeds against ``x`` (log axis), one marker per configuration.
@@ -317,6 +327,7 @@ def plot_sweep(ax, rows: Sequence[Mapping], *, x: str = "attention_params", byte
         ax.step(xs, [r["val_loss"] for r in pf], where="post", color="0.35", ls="--", lw=1.2, zorder=0,
                 label="Pareto front")
     ax.set_xscale("log")
+    _plain_log_ticks(ax.xaxis)
     if x == "attention_params":
         ax.set_xlabel("attention parameters (all layers)")
     else:
@@ -548,6 +559,8 @@ def spectra_figure(trained: Sequence[analysis.LayerSpectra], init: Sequence[anal
     from .figures import MODE_NAMES
 
     fig, axes = plt.subplots(2, 3, figsize=(9, 5.6), layout="constrained", sharey="row")
+    n = len(trained)
+    colors = [f"C{i}" for i in range(n)] if n <= 10 else [plt.cm.viridis(i / (n - 1)) for i in range(n)]
     for row, (attr, tensor) in enumerate((("pre", r"$\mathcal{W}$"), ("post", r"$\tilde{\mathcal{W}}$"))):
         names = MODE_NAMES["W" if attr == "pre" else "W_tilde"]
         for mode in range(3):
@@ -558,7 +571,7 @@ def spectra_figure(trained: Sequence[analysis.LayerSpectra], init: Sequence[anal
                         label="initialization" if i == 0 else None)
             for i, s in enumerate(trained):
                 v = getattr(s, attr)[mode]
-                ax.plot(range(1, len(v) + 1), (v / v[0]).numpy(), color=f"C{i}", lw=1.6,
+                ax.plot(range(1, len(v) + 1), (v / v[0]).numpy(), color=colors[i], lw=1.6,
                         label=f"layer {i} trained")
             if ranks is not None:
                 ax.axvline(ranks[mode], color=METHOD_COLORS["tucker"], ls=":", lw=1.4)
@@ -569,9 +582,54 @@ def spectra_figure(trained: Sequence[analysis.LayerSpectra], init: Sequence[anal
                 ax.set_xlabel("index k")
         axes[row, 0].set_ylabel(r"$\sigma_k / \sigma_1$")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=9)
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 5), fontsize=9)
     if title:
         fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def head_mode_figure(models: Mapping[str, tuple[Sequence[analysis.LayerSpectra],
+                                                 Sequence[analysis.LayerSpectra]]], *, floor: float = 1e-3):
+    """Head-mode (mode-1) spectra ``σ_k / σ_1`` of 𝒲 (top row) and 𝒲̃ (bottom row), one column per model:
+    ``models[label] = (trained spectra, spectra at initialization)``, one line per layer (trained: colour,
+    initialization: thin grey). Values below ``floor`` (e.g. the round-off beyond a Tucker layer's r1) are
+    drawn at ``floor`` with a downward triangle, so that one cliff does not squash the other panels.
+    Returns the ``Figure``."""
+    import matplotlib.pyplot as plt
+
+    def clipped(v):
+        y = (v / v[0]).numpy()
+        return y.clip(min=floor), y < floor
+
+    fig, axes = plt.subplots(2, len(models), figsize=(9, 4.8), layout="constrained", sharey=True,
+                             squeeze=False)
+    for col, (label, (trained, init)) in enumerate(models.items()):
+        for row, attr in enumerate(("pre", "post")):
+            ax = axes[row, col]
+            for i, s in enumerate(init):
+                y, _ = clipped(getattr(s, attr)[0])
+                ax.plot(range(1, len(y) + 1), y, color="0.6", lw=0.9, label="initialization" if i == 0 else None)
+            below_any = False
+            for i, s in enumerate(trained):
+                y, below = clipped(getattr(s, attr)[0])
+                k = list(range(1, len(y) + 1))
+                ax.plot(k, y, "o-", ms=3, color=f"C{i % 10}", lw=1.4, label=f"layer {i} trained")
+                if below.any():
+                    below_any = True
+                    ax.plot([k[j] for j in range(len(k)) if below[j]], y[below], "v", ms=7, color=f"C{i % 10}")
+            if below_any:
+                ax.text(0.97, 0.05, f"▼ below {floor:g}", transform=ax.transAxes, ha="right", fontsize=9)
+            ax.set_yscale("log")
+            ax.set_ylim(floor / 2, 1.5)
+            ax.grid(True, alpha=0.3)
+            if row == 0:
+                ax.set_title(label, fontsize=10)
+            else:
+                ax.set_xlabel("head index k")
+        axes[0, 0].set_ylabel(r"$\mathcal{W}$: $\sigma_k / \sigma_1$")
+        axes[1, 0].set_ylabel(r"$\tilde{\mathcal{W}}$: $\sigma_k / \sigma_1$")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 5), fontsize=9)
     return fig
 
 
