@@ -64,6 +64,15 @@ def _queries(P, G, GR, QB, QBR, C, Sn, b, rows, row_ok, h_lo, h_hi, N, R2, R3,
 
 
 @triton.jit
+def _kv_len(KVLEN, S, HAS_KVLEN: tl.constexpr):
+    """The number of keys in use: ``S``, or the device scalar at ``KVLEN`` (a static-shape cache's fill,
+    read on the device: no host sync); keys at or past it are invisible."""
+    if HAS_KVLEN:
+        S = tl.minimum(tl.load(KVLEN).to(tl.int32), S)
+    return S
+
+
+@triton.jit
 def _row_range(start, last, N):
     """(h_lo, h_hi, n_min, n_max) of the folded rows ``start..last``."""
     h_lo = start // N
@@ -109,12 +118,12 @@ def _fwd_step(acc, l_i, m_i, q, K, V, b, start, hi, qpos, s_kb, s_ks, s_kc, s_vb
 
 
 @triton.jit
-def fwd_kernel(P, G, GR, QB, QBR, C, Sn, K, V, O, L,
+def fwd_kernel(P, G, GR, QB, QBR, C, Sn, K, V, O, L, KVLEN,
                s_pb, s_pn, s_pk, s_kb, s_ks, s_kc, s_vb, s_vs, s_vc, s_os, s_ob, s_ls, s_lb,
                H, N, S, R2, R3, DV, qk_scale, chunk,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BR2: tl.constexpr, BR3: tl.constexpr,
                BDV: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr, HAS_BIAS: tl.constexpr,
-               DOT_PREC: tl.constexpr):
+               HAS_KVLEN: tl.constexpr, DOT_PREC: tl.constexpr):
     """Forward: grid (row blocks, B, splits). Writes O (rows, r̃3) and L (rows,) of split ``program_id(2)``,
     which covers keys ``[split*chunk, split*chunk + chunk)``; with one split these are the final O and L."""
     pid = tl.program_id(0)
@@ -129,6 +138,7 @@ def fwd_kernel(P, G, GR, QB, QBR, C, Sn, K, V, O, L,
     q = _queries(P, G, GR, QB, QBR, C, Sn, b, rows, row_ok, h_lo, h_hi, N, R2, R3, s_pb, s_pn, s_pk,
                  BLOCK_M, BR2, BR3, ROPE, HAS_BIAS, DOT_PREC)
     q = (q * qk_scale).to(K.dtype.element_ty)
+    S = _kv_len(KVLEN, S, HAS_KVLEN)
     qpos = rows % N + (S - N)                      # bottom-right causal alignment: query n sits at S - N + n
     lo = split * chunk
     hi = tl.minimum(lo + chunk, S)
@@ -185,17 +195,19 @@ def combine_kernel(Op, Lp, O, L, n_splits, total, DV, s_ps, s_pb, s_ls, s_lb, s_
 
 
 @triton.jit
-def bwd_dkdv_kernel(P, G, GR, QB, QBR, C, Sn, K, V, DO, L, D, DK, DV_out,
+def bwd_dkdv_kernel(P, G, GR, QB, QBR, C, Sn, K, V, DO, L, D, DK, DV_out, KVLEN,
                     s_pb, s_pn, s_pk, s_kb, s_ks, s_kc, s_vb, s_vs, s_vc,
                     H, N, S, R2, R3, DV, qk_scale, scale,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BR2: tl.constexpr, BR3: tl.constexpr,
                     BDV: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    DOT_PREC: tl.constexpr):
+                    HAS_KVLEN: tl.constexpr, DOT_PREC: tl.constexpr):
     """dK, dV of one key block, summed over every head and query (one K/V head): grid (key blocks, B).
     The queries and probabilities are recomputed (flash-attention 2); D = rowsum(dO * O)."""
     pid = tl.program_id(0)
     b = tl.program_id(1)
     total = H * N
+    S_alloc = S
+    S = _kv_len(KVLEN, S, HAS_KVLEN)
     cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < S
     c = tl.arange(0, BR3)
@@ -231,19 +243,20 @@ def bwd_dkdv_kernel(P, G, GR, QB, QBR, C, Sn, K, V, DO, L, D, DK, DV_out,
             ds = p * (dp - delta[:, None])
             dk = tl.dot(tl.trans(ds.to(k.dtype)), q.to(k.dtype), acc=dk, input_precision=DOT_PREC)
     dk = dk * scale
-    tl.store(DK + b * S * R3 + cols[:, None] * R3 + c[None, :], dk.to(DK.dtype.element_ty),
-             mask=col_ok[:, None] & (c < R3)[None, :])
-    tl.store(DV_out + b * S * DV + cols[:, None] * DV + dv[None, :], dvacc.to(DV_out.dtype.element_ty),
-             mask=col_ok[:, None] & (dv < DV)[None, :])
+    store_ok = cols < S_alloc                      # slots past a static cache's fill get zero gradients
+    tl.store(DK + b * S_alloc * R3 + cols[:, None] * R3 + c[None, :], dk.to(DK.dtype.element_ty),
+             mask=store_ok[:, None] & (c < R3)[None, :])
+    tl.store(DV_out + b * S_alloc * DV + cols[:, None] * DV + dv[None, :], dvacc.to(DV_out.dtype.element_ty),
+             mask=store_ok[:, None] & (dv < DV)[None, :])
 
 
 @triton.jit
-def bwd_dq_kernel(P, G, GR, QB, QBR, C, Sn, K, V, DO, L, D, DQ,
+def bwd_dq_kernel(P, G, GR, QB, QBR, C, Sn, K, V, DO, L, D, DQ, KVLEN,
                   s_pb, s_pn, s_pk, s_kb, s_ks, s_kc, s_vb, s_vs, s_vc,
                   H, N, S, R2, R3, DV, qk_scale, scale,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BR2: tl.constexpr, BR3: tl.constexpr,
                   BDV: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr, HAS_BIAS: tl.constexpr,
-                  DOT_PREC: tl.constexpr):
+                  HAS_KVLEN: tl.constexpr, DOT_PREC: tl.constexpr):
     """dq (rows, r3) in float32: the gradient with respect to the rotated query, rows folded as in the
     forward. Grid (row blocks, B). The host contracts it to dP, dG (and the bias gradient)."""
     pid = tl.program_id(0)
@@ -257,6 +270,7 @@ def bwd_dq_kernel(P, G, GR, QB, QBR, C, Sn, K, V, DO, L, D, DQ,
     q = _queries(P, G, GR, QB, QBR, C, Sn, b, rows, row_ok, h_lo, h_hi, N, R2, R3, s_pb, s_pn, s_pk,
                  BLOCK_M, BR2, BR3, ROPE, HAS_BIAS, DOT_PREC)
     qs = (q * qk_scale).to(K.dtype.element_ty)
+    S = _kv_len(KVLEN, S, HAS_KVLEN)
     qpos = rows % N + (S - N)
     c = tl.arange(0, BR3)
     dv = tl.arange(0, BDV)

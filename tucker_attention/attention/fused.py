@@ -192,7 +192,7 @@ class _Launch:
         self.row_blocks = row_blocks
 
 
-def _forward(P, G, GR, qb, qbr, C, Sn, K, V, scale, causal, cfg: _Launch):
+def _forward(P, G, GR, qb, qbr, C, Sn, K, V, kv_len, scale, causal, cfg: _Launch):
     B, N, r2 = P.shape
     H, _, r3 = G.shape
     S, dv = K.shape[1], V.shape[2]
@@ -210,11 +210,13 @@ def _forward(P, G, GR, qb, qbr, C, Sn, K, V, scale, causal, cfg: _Launch):
     k.fwd_kernel[(cfg.row_blocks, B, splits)](
         P, G, GR if GR is not None else dummy, qb if qb is not None else dummy, qbr if qbr is not None else dummy,
         C if C is not None else dummy, Sn if Sn is not None else dummy, K, V, Ow, Lw,
+        kv_len if kv_len is not None else dummy,
         P.stride(0), P.stride(1), P.stride(2), K.stride(0), K.stride(1), K.stride(2),
         V.stride(0), V.stride(1), V.stride(2), B * rows * dv, rows * dv, B * rows, rows,
         H, N, S, r2, r3, dv, scale * math.log2(math.e), cfg.chunk,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BR2=cfg.BR2, BR3=cfg.BR3, BDV=cfg.BDV, CAUSAL=causal,
-        ROPE=C is not None, HAS_BIAS=qb is not None, DOT_PREC=cfg.dot_prec, num_warps=cfg.num_warps,
+        ROPE=C is not None, HAS_BIAS=qb is not None, HAS_KVLEN=kv_len is not None, DOT_PREC=cfg.dot_prec,
+        num_warps=cfg.num_warps,
         num_stages=2 if max(cfg.BR3, cfg.BDV) > 128 else 3)
     if splits > 1:
         k.combine_kernel[(-(-rows // 64), B)](
@@ -225,17 +227,17 @@ def _forward(P, G, GR, qb, qbr, C, Sn, K, V, scale, causal, cfg: _Launch):
 
 class _FusedTuckerAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, P, G, q_bias, K, V, C, Sn, scale, causal, rope_style, cfg):
+    def forward(ctx, P, G, q_bias, K, V, C, Sn, kv_len, scale, causal, rope_style, cfg):
         GR = rope_swap(G, rope_style).contiguous() if C is not None else None
         qbr = rope_swap(q_bias, rope_style).contiguous() if (C is not None and q_bias is not None) else None
-        O, L = _forward(P, G, GR, q_bias, qbr, C, Sn, K, V, scale, causal, cfg)
-        ctx.save_for_backward(P, G, q_bias, K, V, C, Sn, O, L)
+        O, L = _forward(P, G, GR, q_bias, qbr, C, Sn, K, V, kv_len, scale, causal, cfg)
+        ctx.save_for_backward(P, G, q_bias, K, V, C, Sn, kv_len, O, L)
         ctx.scale, ctx.causal, ctx.rope_style, ctx.cfg = scale, causal, rope_style, cfg
         return O
 
     @staticmethod
     def backward(ctx, dO):
-        P, G, q_bias, K, V, C, Sn, O, L = ctx.saved_tensors
+        P, G, q_bias, K, V, C, Sn, kv_len, O, L = ctx.saved_tensors
         cfg, scale, causal, style = ctx.cfg, ctx.scale, ctx.causal, ctx.rope_style
         B, N, r2 = P.shape
         H, _, r3 = G.shape
@@ -248,19 +250,20 @@ class _FusedTuckerAttention(torch.autograd.Function):
         dummy = G
         opt = [GR if GR is not None else dummy, q_bias if q_bias is not None else dummy,
                qbr if qbr is not None else dummy, C if C is not None else dummy, Sn if Sn is not None else dummy]
+        kvl = kv_len if kv_len is not None else dummy
         common = (P.stride(0), P.stride(1), P.stride(2), K.stride(0), K.stride(1), K.stride(2),
                   V.stride(0), V.stride(1), V.stride(2), H, N, S, r2, r3, dv, scale * math.log2(math.e), scale)
         flags = dict(BR2=cfg.BR2, BR3=cfg.BR3, BDV=cfg.BDV, CAUSAL=causal, ROPE=C is not None,
-                     HAS_BIAS=q_bias is not None, DOT_PREC=cfg.dot_prec)
+                     HAS_BIAS=q_bias is not None, HAS_KVLEN=kv_len is not None, DOT_PREC=cfg.dot_prec)
         k = cfg.kernels
         dK = torch.empty(B, S, r3, dtype=K.dtype, device=K.device)
         dV = torch.empty(B, S, dv, dtype=V.dtype, device=V.device)
         bm1, bn1 = min(cfg.block_m, 32), 64 if max(cfg.BR3, cfg.BDV) <= 128 else 32
-        k.bwd_dkdv_kernel[(-(-S // bn1), B)](P, G, *opt, K, V, dO, L, delta, dK, dV, *common,
+        k.bwd_dkdv_kernel[(-(-S // bn1), B)](P, G, *opt, K, V, dO, L, delta, dK, dV, kvl, *common,
                                             BLOCK_M=bm1, BLOCK_N=bn1, num_warps=4, num_stages=1, **flags)
         dq = torch.empty(B, rows, r3, dtype=torch.float32, device=P.device)
         bm2, bn2 = cfg.block_m, 32
-        k.bwd_dq_kernel[(-(-rows // bm2), B)](P, G, *opt, K, V, dO, L, delta, dq, *common,
+        k.bwd_dq_kernel[(-(-rows // bm2), B)](P, G, *opt, K, V, dO, L, delta, dq, kvl, *common,
                                              BLOCK_M=bm2, BLOCK_N=bn2, num_warps=cfg.num_warps, num_stages=1,
                                              **flags)
         dq = dq.view(B, H, N, r3)
@@ -269,13 +272,14 @@ class _FusedTuckerAttention(torch.autograd.Function):
         dP = torch.einsum("bhnc,hkc->bnk", dq, G.float()).to(P.dtype) if ctx.needs_input_grad[0] else None
         dG = torch.einsum("bnk,bhnc->hkc", P.float(), dq).to(G.dtype) if ctx.needs_input_grad[1] else None
         db = dq.sum((0, 2)).to(q_bias.dtype) if q_bias is not None and ctx.needs_input_grad[2] else None
-        return dP, dG, db, dK, dV, None, None, None, None, None, None
+        return dP, dG, db, dK, dV, None, None, None, None, None, None, None
 
 
 def fused_tucker_attention(P: torch.Tensor, G: torch.Tensor, K: torch.Tensor, V: torch.Tensor, *, scale: float,
                            causal: bool = False, q_bias: torch.Tensor | None = None,
                            rope_cos: torch.Tensor | None = None, rope_sin: torch.Tensor | None = None,
-                           rope_style: str = "interleaved", num_splits: int | None = None,
+                           rope_style: str = "interleaved", kv_len: torch.Tensor | None = None,
+                           num_splits: int | None = None,
                            block_m: int | None = None, block_n: int | None = None) -> torch.Tensor:
     """Tucker attention with the per-head queries formed in the kernel (differentiable in P, G, q_bias, K, V).
 
@@ -292,6 +296,9 @@ def fused_tucker_attention(P: torch.Tensor, G: torch.Tensor, K: torch.Tensor, V:
         q_bias: optional (n_H, r3) per-head query offset, added before RoPE.
         rope_cos, rope_sin: (N, r3/2) cos and sin of the query positions times the RoPE frequencies
             (``rope.rope_angles(positions, r3)``); both or neither. rope_style: "interleaved" | "half".
+        kv_len: optional one-element integer tensor on the device: only keys ``j < kv_len`` exist (a
+            static-shape cache's fill; read by the kernels, no host sync). It must be >= N; the causal mask is
+            then aligned to it (query ``n`` sits at ``kv_len - N + n``). Default: all S keys.
         num_splits: split the keys over this many programs per row block (None: chosen from the GPU's size).
         block_m, block_n: query-row and key block sizes (powers of two >= 16; None: chosen from the shapes).
     Returns:
@@ -309,4 +316,8 @@ def fused_tucker_attention(P: torch.Tensor, G: torch.Tensor, K: torch.Tensor, V:
         C, Sn = _expand(rope_cos.to(P.device), rope_style), _expand(rope_sin.to(P.device), rope_style)
     G = G.contiguous()
     q_bias = q_bias.contiguous() if q_bias is not None else None
-    return _FusedTuckerAttention.apply(P, G, q_bias, K, V, C, Sn, float(scale), causal, rope_style, cfg)
+    if kv_len is not None:
+        if not isinstance(kv_len, torch.Tensor) or kv_len.numel() != 1 or kv_len.is_floating_point():
+            raise ValueError(f"kv_len must be a one-element integer tensor, got {kv_len!r}")
+        kv_len = kv_len.reshape(1).to(device=P.device)
+    return _FusedTuckerAttention.apply(P, G, q_bias, K, V, C, Sn, kv_len, float(scale), causal, rope_style, cfg)

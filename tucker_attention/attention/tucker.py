@@ -13,6 +13,7 @@ which is multi-query attention with head size r3 (any MQA/GQA kernel runs it), s
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Sequence
 
@@ -21,7 +22,11 @@ from torch import nn
 
 from ._checks import check_even, check_ranks
 from .base import AttentionLayer
+from .cache import KVCache
 from .factors import TuckerFactors
+from .rope import rope_angles
+
+KERNELS = ("sdpa", "fused")
 
 
 class TuckerAttention(AttentionLayer):
@@ -37,14 +42,27 @@ class TuckerAttention(AttentionLayer):
             and an output bias ``out_bias`` (d,) — what biased MHA layers (GPT-2, ViT) become exactly
             (``factors.fold_biases``: key biases cancel in the softmax, value biases fold into ``out_bias``).
             Zero-initialized; + ``n_H r3 + d`` parameters. Default: no biases.
+        kernel: "sdpa" (default): form the queries ``Q_i = P G_i`` and call ``backends.attend``; "fused": the
+            Triton kernel of ``fused.py`` forms each query block in registers from ``P`` and ``G_i`` (with RoPE
+            and the causal mask in-kernel), so the (B, n_H, N, r3) queries never reach memory. Needs triton
+            (``pip install 'tucker-attention[kernels]'``) and CUDA tensors (or ``TRITON_INTERPRET=1`` on CPU);
+            no attention dropout in training; ``backend`` is not used by it.
 
     Parameters (exactly): ``r1 r2 r3 + n_H r1 + d r2 + d r3`` + the same with tildes (``- d r3`` if shared).
     KV cache per token: ``r3 + r̃3`` (``r3`` if shared).
     """
 
     def __init__(self, d_model: int, n_heads: int, ranks: Sequence[int], post_ranks: Sequence[int] | None = None,
-                 *, shared_kv: bool = False, rope: bool = False, bias: bool = False, **kwargs) -> None:
+                 *, shared_kv: bool = False, rope: bool = False, bias: bool = False, kernel: str = "sdpa",
+                 **kwargs) -> None:
         super().__init__(d_model, n_heads, **kwargs)
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got kernel={kernel!r}")
+        if kernel == "fused" and importlib.util.find_spec("triton") is None:
+            raise ValueError("kernel='fused' needs triton, which is not installed: pip install "
+                             "'tucker-attention[kernels]' (or pip install triton), or use kernel='sdpa'")
+        self.kernel = kernel
+        self._fused_call: dict | None = None
         limits, names = (n_heads, d_model, d_model), ("n_heads", "d_model", "d_model")
         self.ranks = check_ranks("ranks", ranks, limits, names)
         self.post_ranks = self.ranks if post_ranks is None else check_ranks("post_ranks", post_ranks, limits, names)
@@ -154,6 +172,13 @@ class TuckerAttention(AttentionLayer):
 
     def _project(self, x, positions):
         B, N, _ = x.shape
+        if self._fused_call is not None:                               # kernel="fused": queries stay latent
+            self._fused_call["positions"] = positions
+            k = (x @ self.U3).unsqueeze(1)
+            if self.shared_kv:
+                return x @ self.U2, {"kv": k}
+            k = self._rope(k, positions) if self.rope else k
+            return x @ self.U2, {"k": k, "v": (x @ self.post_U3).unsqueeze(1)}
         G_all, _ = self.head_cores()                                   # (r2, H·r3)
         P = x @ self.U2                                                # (B, N, r2)
         q = (P @ G_all).view(B, N, self.n_heads, self.ranks[2]).transpose(1, 2)   # (B, H, N, r3): Q_i = P G_i
@@ -182,6 +207,41 @@ class TuckerAttention(AttentionLayer):
         y = y @ self.post_U2.T                                         # (B, N, d)
         return y + self.out_bias if self.bias else y
 
+    def forward(self, x: torch.Tensor, *, causal: bool = False, cache: KVCache | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """As ``AttentionLayer.forward``; with ``kernel="fused"`` the attention runs in the fused Triton kernel
+        (``fused.fused_tucker_attention``) on ``P = x U2`` and the head cores, and gives the same output."""
+        if self.kernel != "fused":
+            return super().forward(x, causal=causal, cache=cache, positions=positions)
+        if not isinstance(causal, bool):
+            raise TypeError(f"causal must be a bool, got {causal!r}")
+        if self.training and self.dropout > 0:
+            raise ValueError(f"kernel='fused' has no attention dropout, got dropout={self.dropout} in training; "
+                             "use dropout=0.0, kernel='sdpa', or layer.eval()")
+        from .fused import fused_tucker_attention, fused_unavailable
+
+        why = fused_unavailable(x.device)
+        if why is not None:
+            raise RuntimeError(f"kernel='fused': {why}")
+        self._fused_call = {}
+        try:
+            P, k, v = self.qkv(x, cache=cache, positions=positions)   # P (B, N, r2); k, v (B, 1, S, ·)
+            positions = self._fused_call["positions"]
+        finally:
+            self._fused_call = None
+        r3 = self.ranks[2]
+        G_all, _ = self.head_cores()                                   # (r2, H·r3)
+        G = G_all.view(-1, self.n_heads, r3).transpose(0, 1).to(P.dtype)   # (H, r2, r3)
+        cos = sin = None
+        if self.rope:
+            cos, sin = rope_angles(positions, r3, base=self.rope_base)
+        # a static-shape cache holds max_len slots; the kernel reads its fill count on the device
+        kv_len = cache._filled if cache is not None and cache.static else None
+        o = fused_tucker_attention(P, G, k[:, 0], v[:, 0], scale=self.scale, causal=causal,
+                                   q_bias=self.q_bias.to(P.dtype) if self.bias else None, rope_cos=cos,
+                                   rope_sin=sin, rope_style=self.rope_style, kv_len=kv_len)
+        return self.output(o)                                          # (B, N, d_model)
+
     @property
     def latent_rope(self) -> bool:
         return self.rope
@@ -204,4 +264,5 @@ class TuckerAttention(AttentionLayer):
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, n_heads={self.n_heads}, ranks={self.ranks}, post_ranks={self.post_ranks}, "
-                f"shared_kv={self.shared_kv}, rope={self.rope}, bias={self.bias}")
+                f"shared_kv={self.shared_kv}, rope={self.rope}, bias={self.bias}"
+                + (f", kernel={self.kernel!r}" if self.kernel != "sdpa" else ""))
