@@ -18,9 +18,9 @@ from ..train.sweep import load_records
 from .experiments import pareto_front
 from .figures import METHOD_COLORS
 
-__all__ = ["Protocol", "TransferBar", "head_rank_figure", "initial_layers", "load_protocol", "lr_figure", "lr_study",
-           "protocol_figure", "scan_figure",
-           "transfer_bar"]
+__all__ = ["Protocol", "TransferBar", "agreement", "head_rank_figure", "hf_images", "hf_vit", "initial_layers",
+           "hf_lm_loss", "load_protocol", "lr_figure", "lr_study", "protocol_figure", "scan_figure", "small_llama",
+           "train_hf_lm", "transfer_bar"]
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 _ORDER = ("mha", "gqa", "mqa", "mla", "tucker")
@@ -259,3 +259,121 @@ def lr_figure(study: Mapping[str, Mapping[float, float]], methods: Mapping[str, 
     if title:
         ax.set_title(title, fontsize=10)
     return fig
+
+
+def hf_vit(*, pretrained: bool = False, seed: int = 0):
+    """A 🤗 ``ViTForImageClassification`` in eval mode: ``google/vit-base-patch16-224`` (ImageNet-1k, downloads
+    ~350 MB) if ``pretrained``, else a randomly initialized small one (2 layers, d = 64, 4 heads, 32×32 images,
+    8×8 patches) — the offline stand-in that runs the same code path."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    if pretrained:
+        return ViTForImageClassification.from_pretrained("google/vit-base-patch16-224").eval()
+    torch.manual_seed(seed)
+    config = ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                       image_size=32, patch_size=8, num_labels=10)
+    return ViTForImageClassification(config).eval()
+
+
+def hf_images(model, *, pretrained: bool = False, n: int = 64, seed: int = 0):
+    """``n`` images (n, 3, S, S) for ``model``: CIFAR-10 test images through 🤗 ``datasets``, resized to the
+    model's size and normalized as it expects (mean = std = 0.5), if ``pretrained``; else Gaussian noise."""
+    import torch
+
+    size = model.config.image_size
+    if not pretrained:
+        return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    import numpy as np
+    import torch.nn.functional as F
+    from datasets import load_dataset
+
+    rows = load_dataset("uoft-cs/cifar10", split=f"test[:{n}]")
+    x = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32)) for im in rows["img"]])
+    x = x.permute(0, 3, 1, 2) / 255.0
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return (x - 0.5) / 0.5
+
+
+def agreement(reference, model, images, *, batch_size: int = 16) -> dict[str, float]:
+    """How closely ``model`` follows ``reference`` (two 🤗 image classifiers) on ``images``: the share of images
+    with the same top-1 class and the relative error of the logits."""
+    import torch
+
+    same, diff, norm = 0, 0.0, 0.0
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            x = images[i:i + batch_size]
+            a, b = reference(pixel_values=x).logits, model(pixel_values=x).logits
+            same += int((a.argmax(-1) == b.argmax(-1)).sum())
+            diff += float((a - b).square().sum())
+            norm += float(a.square().sum())
+    return {"top1_agreement": same / len(images), "logit_rel_error": (diff / norm) ** 0.5}
+
+
+# ------------------------------------------------------------------------- 🤗 language models (chapter 10)
+def small_llama(*, vocab_size: int = 256, seed: int = 0, **config):
+    """A randomly initialized small 🤗 ``LlamaForCausalLM`` (default: 2 layers, d = 64, 4 query heads sharing
+    2 key/value heads, RoPE base 10000, context 128) — Llama's GQA with head-dim RoPE at laptop size."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    sizes = {"hidden_size": 64, "intermediate_size": 172, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "max_position_embeddings": 128, "rope_theta": 10000.0,
+             "bos_token_id": 0, "eos_token_id": 0, "tie_word_embeddings": True, **config}
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, **sizes)).eval()
+
+
+def hf_lm_loss(model, tokens, *, block_size: int, batch_size: int = 16, batches: int = 16, seed: int = 0) -> float:
+    """Mean next-token cross-entropy (nats/token) of a 🤗 causal LM on ``batches`` fixed random windows of
+    ``tokens`` (1-D token ids); ``exp`` of it is the perplexity."""
+    import torch
+
+    from ..data import get_batch
+
+    g = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    total = 0.0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for _ in range(batches):
+            x, y = get_batch(tokens, batch_size=batch_size, block_size=block_size, generator=g, device=device)
+            logits = model(input_ids=x, use_cache=False).logits
+            total += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten()))
+    model.train(was_training)
+    return total / batches
+
+
+def train_hf_lm(model, tokens, *, steps: int, lr: float, block_size: int, batch_size: int = 16, seed: int = 0,
+                warmup_steps: int = 20) -> list[float]:
+    """Train a 🤗 causal LM in place on random windows of ``tokens``: AdamW (weight decay 0.1 on 2-D weights),
+    linear warmup then cosine to lr/10 (``train.lr_at``), gradient clipping at 1. Returns the train losses."""
+    import torch
+
+    from ..data import get_batch
+    from ..train import TrainConfig, lr_at
+
+    schedule = TrainConfig(steps=steps, lr=lr, warmup_steps=warmup_steps)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+    g = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    losses = []
+    model.train()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, schedule)
+        x, y = get_batch(tokens, batch_size=batch_size, block_size=block_size, generator=g, device=device)
+        logits = model(input_ids=x, use_cache=False).logits
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(float(loss))
+    model.eval()
+    return losses
