@@ -138,6 +138,9 @@ def test_load_sweep_means_stds_and_curves(tmp_path, layout):
         assert steps == [0, 10]
         assert mean == pytest.approx([6.0, statistics.fmean(values)], rel=1e-14)
         assert std == pytest.approx([1.0, statistics.stdev(values)], rel=1e-12)
+    fig = book.curve_figure(sweep, list(losses))
+    drawn = {line.get_label(): list(line.get_ydata()) for line in fig.axes[0].get_lines()}
+    assert drawn["MHA"] == pytest.approx([6.0, statistics.fmean(losses["MHA"])], rel=1e-14)
     assert sweep.model_config == {"n_layer": 2, "d_model": 32, "n_heads": 4, "block_size": 16}
     with pytest.raises(KeyError, match="no configuration labelled 'GQA'"):
         sweep.row("GQA")

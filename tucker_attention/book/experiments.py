@@ -35,7 +35,7 @@ __all__ = [
     "energy_suggestion", "gpt2_model", "head_mode_energy", "head_mode_figure", "initial_attention_layers",
     "layer_spectra",
     "load_attention_weights", "load_curve", "load_sweep", "mean_curve", "nearest_rows", "pareto_front",
-    "plot_curves", "plot_lr_study", "plot_sweep", "rank_position", "rank_position_widget", "spectra_figure",
+    "plot_lr_study", "plot_sweep", "rank_position", "rank_position_widget", "spectra_figure",
     "sweep_figure",
 ]
 
@@ -352,18 +352,6 @@ def sweep_figure(rows: Sequence[Mapping], *, title: str = "", bytes_per_elem: in
     if title:
         fig.suptitle(title, fontsize=11)
     return fig
-
-
-def plot_curves(ax, curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
-                methods: Mapping[str, str] | None = None, ylabel: str = "loss (nats/byte)",
-                styles: Mapping[str, str] | None = None) -> None:
-    """Lines ``label -> (steps, values)``, coloured by ``methods[label]`` (``METHOD_COLORS``)."""
-    for i, (label, (steps, values)) in enumerate(curves.items()):
-        color = METHOD_COLORS.get((methods or {}).get(label, ""), f"C{i}")
-        ax.plot(steps, values, (styles or {}).get(label, "-"), color=color, lw=1.6, label=label)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel(ylabel)
-    ax.grid(True, alpha=0.3)
 
 
 def curve_figure(sweep: Sweep, labels: Sequence[str], *, key: str = "val_loss", title: str = ""):
