@@ -177,3 +177,17 @@ def test_sweep_records_the_command_as_typed(tmp_path):
     (record,) = load_records(tmp_path / "records.jsonl")
     assert record["command"] == ["python", "-m", "tucker_attention", *args]
     assert record["method"] == "mha"
+
+
+def test_sweep_ctrl_c_resumes_with_the_same_command(tmp_path, monkeypatch, capsys):
+    args = ["sweep", "lm", "--preset", "ci", "--steps", "3", "--methods", "mha,mqa", "--out", str(tmp_path),
+            "--data-arg", "max_bytes=50000", "--no-progress"]
+    interrupt_batch(monkeypatch, 3 + 2)                           # the second run, mid step 2
+    assert main(args, prog="python -m tucker_attention") == 130
+    err = capsys.readouterr().err
+    assert "interrupted after 1 step;" in err and err.strip().splitlines()[-1].strip() == shlex.join(
+        ["python", "-m", "tucker_attention", *args])
+    assert [r["method"] for r in load_records(tmp_path / "records.jsonl")] == ["mha"]
+    monkeypatch.undo()
+    assert main(args) == 0                                        # skips MHA, resumes MQA from its step 1
+    assert [r["method"] for r in load_records(tmp_path / "records.jsonl")] == ["mha", "mqa"]

@@ -383,7 +383,8 @@ def _interrupted(completed: int, saved_step: int | None, last_good: str | None, 
         where = "nothing was saved (no out_dir)" if snapshot is None else "no checkpoint was written"
     else:
         where = f"checkpoint {last_good!r} holds step {saved_step}"
-    return TrainingInterrupted(f"interrupted after {completed} steps; {where}", step=saved_step or 0,
+    steps = f"{completed} step{'' if completed == 1 else 's'}"
+    return TrainingInterrupted(f"interrupted after {steps}; {where}", step=saved_step or 0,
                                checkpoint=last_good)
 
 
