@@ -2,9 +2,11 @@
 
 For every page in ``_toc.yml``: it loads with the right title; where it has math, MathJax typeset
 all of it (``mjx-container``, no raw ``\\(`` or ``$$`` left, no TeX errors); every image decoded;
-every widget view rendered; every same-site link answers 200 (and its ``#anchor`` exists); the
-browser console shows no error from our own origin; and nothing was fetched from another origin (the
-site must not depend on a CDN). Screenshots of two chapter pages go to ``_build/screenshots/``.
+every widget view rendered; every same-site link answers 200 (and its ``#anchor`` exists); no
+display equation is wider than the text column (none is cut off); the browser console shows no error
+from our own origin; and nothing was fetched from another origin (the site must not depend on a CDN).
+Screenshots go to ``_build/screenshots/``: the top of chapter 3 and every figure of chapter 4
+(``SCREENSHOTS``).
 
 Run after ``jupyter-book build . -W --keep-going``:  ``TA_REQUIRE_SITE=1 pytest tests/site -q``.
 """
@@ -28,8 +30,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 TOC = ROOT / "_toc.yml"
 CONFIG = ROOT / "_config.yml"
-#: Number of chapter pages whose screenshots are saved (see screenshot_pages).
-N_SCREENSHOTS = 2
+#: Pages whose screenshots are saved: "top" = the first screen, "figures" = each output figure of the page.
+SCREENSHOTS = {"book/03_tucker_attention_layer": "top", "book/04_special_cases": "figures"}
 CDN_HOSTS = ("cdn.jsdelivr.net", "unpkg.com", "cdnjs.cloudflare.com")
 
 
@@ -60,6 +62,14 @@ def toc_pages() -> list[str]:
 
 def book_title() -> str:
     return yaml.safe_load(CONFIG.read_text("utf8"))["title"]
+
+
+def colab_url(docname: str) -> str:
+    """The launch link a notebook page must have: the repository of ``_config.yml`` (its one home)."""
+    config = yaml.safe_load(CONFIG.read_text("utf8"))
+    repo = config["repository"]["url"].removeprefix("https://github.com/")
+    branch = config["repository"].get("branch", "main")
+    return f"https://colab.research.google.com/github/{repo}/blob/{branch}/{docname}.ipynb"
 
 
 def source_of(docname: str) -> Path | None:
@@ -101,19 +111,6 @@ def is_notebook(docname: str) -> bool:
 
 PAGES = toc_pages()
 NOTEBOOK_PAGES = [p for p in PAGES if is_notebook(p)]
-
-
-@functools.cache
-def screenshot_pages(site_dir: Path) -> tuple[str, ...]:
-    """The first N_SCREENSHOTS notebook chapters, those with widgets first (TOC order otherwise)."""
-    def has_widgets(page: str) -> bool:
-        built = site_dir / f"{page}.html"
-        return built.is_file() and "application/vnd.jupyter.widget-view+json" in built.read_text(
-            "utf8", "replace"
-        )
-
-    ranked = sorted(NOTEBOOK_PAGES, key=lambda p: (not has_widgets(p), NOTEBOOK_PAGES.index(p)))
-    return tuple(ranked[:N_SCREENSHOTS])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,6 +213,27 @@ return {
 };
 """
 
+JS_WIDE_MATH = """
+// display equations wider than the column they sit in: the reader would see them cut off
+const wide = [];
+for (const c of document.querySelectorAll('mjx-container[display="true"]')) {
+  const block = c.closest('div.math') || c.parentElement;
+  const inner = c.querySelector('mjx-math');
+  if (!block || !inner) continue;
+  const need = inner.getBoundingClientRect().width;
+  const have = block.clientWidth;
+  if (need > have + 1 || c.scrollWidth > c.clientWidth + 1) {
+    const label = block.querySelector('.eqno');
+    wide.push({eq: label ? label.textContent.replace(/\\s+/g, ' ').trim() : '(unnumbered)',
+               need: Math.round(need), have: Math.round(have),
+               tex: (block.getAttribute('data-tex') || c.textContent || '').slice(0, 60)});
+  }
+}
+const main = document.querySelector('main') || document.body;
+return {wide: wide, n_display: document.querySelectorAll('mjx-container[display="true"]').length,
+        column: Math.round((document.querySelector('article') || main).getBoundingClientRect().width)};
+"""
+
 JS_PAGE = """
 const h1 = document.querySelector('main h1') || document.querySelector('h1');
 let h1text = null;
@@ -254,6 +272,25 @@ def _save_full_page(driver, path: Path, max_height: int = 16000) -> None:
     path.write_bytes(base64.b64decode(shot["data"]))
 
 
+def _save_screenshots(driver, page: str, kind: str, directory: Path) -> list[Path]:
+    """``kind`` "top": the first screen of ``page``; "figures": each output figure, one file per figure."""
+    from selenium.webdriver.common.by import By
+
+    stem = page.replace("/", "_")
+    if kind == "top":
+        driver.execute_script("window.scrollTo(0, 0);")
+        path = directory / f"{stem}_top.png"
+        driver.save_screenshot(str(path))
+        return [path]
+    paths = []
+    for k, img in enumerate(driver.find_elements(By.CSS_SELECTOR, ".cell_output img, .widget-subarea img")):
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", img)
+        path = directory / f"{stem}_figure{k + 1}.png"
+        img.screenshot(str(path))
+        paths.append(path)
+    return paths
+
+
 def _own_origin_errors(logs: list[dict], origin: str) -> list[str]:
     errors = []
     for entry in logs:
@@ -277,9 +314,7 @@ def test_toc_pages_are_built(site_dir):
     missing = [p for p in PAGES if not (site_dir / f"{p}.html").is_file()]
     assert not missing, f"pages listed in _toc.yml but not built: {missing}"
     assert (site_dir / "index.html").is_file()
-    assert len(NOTEBOOK_PAGES) >= N_SCREENSHOTS, (
-        f"need {N_SCREENSHOTS} notebook chapters in the TOC for the screenshots"
-    )
+    assert set(SCREENSHOTS) <= set(PAGES), f"screenshot pages missing from the TOC: {set(SCREENSHOTS) - set(PAGES)}"
 
 
 def test_no_cdn_scripts_in_html(site_dir):
@@ -327,15 +362,18 @@ def test_page(page, site_dir, browser, site_url, screenshot_dir):
     _wait_for(browser, JS_IMAGES_SETTLED, timeout=60)
     images = browser.execute_script(JS_IMAGES)
     math = browser.execute_script(JS_MATH)
+    wide_math = browser.execute_script(JS_WIDE_MATH)
     info = browser.execute_script(JS_PAGE)
     logs = browser.get_log("browser")
 
     stem = page.replace("/", "_")
-    if page in screenshot_pages(site_dir):
-        shot = screenshot_dir / f"{stem}.png"
-        _save_full_page(browser, shot)
-        if not (shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"):
-            problems.append(f"screenshot {shot} was not written")
+    if page in SCREENSHOTS:
+        shots = _save_screenshots(browser, page, SCREENSHOTS[page], screenshot_dir)
+        if not shots:
+            problems.append(f"no screenshot taken of {page} ({SCREENSHOTS[page]})")
+        for shot in shots:
+            if not (shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"):
+                problems.append(f"screenshot {shot} was not written")
 
     # -- title: "<n. >Heading — Book title"
     title_suffix = f" \u2014 {book_title()}"
@@ -366,6 +404,9 @@ def test_page(page, site_dir, browser, site_url, screenshot_dir):
             problems.append(f"undefined TeX macros: {sorted(set(math['undefined_macros']))}")
     if math["raw"]:
         problems.append(f"raw TeX delimiters left in the text: {math['raw']}")
+    for eq in wide_math["wide"]:
+        problems.append(f"display equation {eq['eq']} is cut off: {eq['need']} px wide in a {eq['have']} px "
+                        f"column (break it with aligned/split): {eq['tex']!r}")
 
     # -- images
     for img in images:
@@ -388,11 +429,11 @@ def test_page(page, site_dir, browser, site_url, screenshot_dir):
         if state and '"image/png"' in state.group(1) and widgets["output_imgs"] == 0:
             problems.append("widget state holds a plot, but no image shows in a widget output")
 
-    # -- notebook pages: a Colab launch link to the right notebook
+    # -- notebook pages: a Colab launch link to this notebook in _config.yml's repository
     if is_notebook(page):
-        want = f"/blob/main/{page}.ipynb"
-        if not any(link.endswith(want) and "/./" not in link for link in info["colab"]):
-            problems.append(f"no Colab link ending in {want!r} (got {info['colab']})")
+        want = colab_url(page)
+        if not any(link == want for link in info["colab"]):
+            problems.append(f"no Colab link {want!r} (got {info['colab']})")
 
     # -- same-site links resolve (and their #anchors exist)
     for link in sorted(set(info["links"])):
