@@ -17,4 +17,14 @@ from .tucker import TuckerAttention
 
 __all__ = ["AttentionLayer", "BACKENDS", "GroupedQueryAttention", "KVCache", "METHODS", "MethodSpec",
            "MultiHeadAttention", "MultiHeadLatentAttention", "TuckerAttention", "TuckerFactors", "apply_rope",
-           "attend", "available_backends", "build", "method_names", "rope_angles", "rope_matrix", "spec"]
+           "attend", "available_backends", "build", "fused_tucker_attention", "method_names", "rope_angles",
+           "rope_matrix", "spec"]
+
+
+def __getattr__(name: str):
+    """``fused_tucker_attention`` is imported on first use: importing the package must not import triton."""
+    if name == "fused_tucker_attention":
+        from .fused import fused_tucker_attention
+
+        return fused_tucker_attention
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,6 +24,13 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+# Reductions through ``tl.reduce`` with triton's own combine functions, and ``tl.full`` instead of ``tl.zeros``:
+# ``tl.max``/``tl.sum``/``tl.zeros`` are themselves ``triton.jit`` functions whose mode was fixed when triton
+# was imported, so calling them would tie the interpreted copy to a process that imported triton with
+# ``TRITON_INTERPRET=1``; the combine functions are only compared or traced, which works in both modes.
+_MAX = tl.standard._elementwise_max
+_SUM = tl.standard._sum_combine
+
 
 @triton.jit
 def _queries(P, G, GR, QB, QBR, C, Sn, b, rows, row_ok, h_lo, h_hi, N, R2, R3,
@@ -42,10 +49,10 @@ def _queries(P, G, GR, QB, QBR, C, Sn, b, rows, row_ok, h_lo, h_hi, N, R2, R3,
                 mask=row_ok[:, None] & k_ok[None, :], other=0.0)                       # (BLOCK_M, BR2)
     g_off = k[:, None] * R3 + c[None, :]
     g_ok = k_ok[:, None] & c_ok[None, :]
-    q = tl.zeros((BLOCK_M, BR3), dtype=tl.float32)
-    q2 = tl.zeros((BLOCK_M, BR3), dtype=tl.float32)
+    q = tl.full((BLOCK_M, BR3), 0.0, dtype=tl.float32)
+    q2 = tl.full((BLOCK_M, BR3), 0.0, dtype=tl.float32)
     for hh in range(h_lo, h_hi + 1):
-        ph = tl.where((h == hh)[:, None], p, tl.zeros_like(p))
+        ph = tl.where((h == hh)[:, None], p, 0.0).to(p.dtype)
         g = tl.load(G + hh * R2 * R3 + g_off, mask=g_ok, other=0.0)                    # (BR2, BR3)
         q = tl.dot(ph, g, acc=q, input_precision=DOT_PREC)
         if ROPE:
@@ -105,11 +112,11 @@ def _fwd_step(acc, l_i, m_i, q, K, V, b, start, hi, qpos, s_kb, s_ks, s_kc, s_vb
         if CAUSAL:
             ok = ok & (cols[None, :] <= qpos[:, None])
         s = tl.where(ok, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_new = tl.maximum(m_i, tl.reduce(s, 1, _MAX))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)     # rows with no key yet: keep exp2 finite
     p = tl.math.exp2(s - m_safe[:, None])
     alpha = tl.math.exp2(m_i - m_safe)
-    l_i = l_i * alpha + tl.sum(p, 1)
+    l_i = l_i * alpha + tl.reduce(p, 1, _SUM)
     v = tl.load(V + b * s_vb + cols[:, None] * s_vs + dv[None, :] * s_vc,
                 mask=col_ok[:, None] & (dv < DV)[None, :], other=0.0)                   # (BLOCK_N, BDV)
     acc = acc * alpha[:, None]
@@ -148,8 +155,8 @@ def fwd_kernel(P, G, GR, QB, QBR, C, Sn, K, V, O, L, KVLEN,
         full = tl.minimum(hi, n_min + (S - N) + 1)
     mid = lo + tl.maximum(full - lo, 0) // BLOCK_N * BLOCK_N
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    acc = tl.zeros((BLOCK_M, BDV), dtype=tl.float32)
+    l_i = tl.full((BLOCK_M,), 0.0, dtype=tl.float32)
+    acc = tl.full((BLOCK_M, BDV), 0.0, dtype=tl.float32)
     for start in range(lo, mid, BLOCK_N):
         acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, K, V, b, start, hi, qpos, s_kb, s_ks, s_kc, s_vb, s_vs,
                                   s_vc, R3, DV, BLOCK_N, BR3, BDV, False, CAUSAL, DOT_PREC)
@@ -181,8 +188,8 @@ def combine_kernel(Op, Lp, O, L, n_splits, total, DV, s_ps, s_pb, s_ls, s_lb, s_
     for s in range(n_splits):
         m = tl.maximum(m, tl.load(Lp + s * s_ls + b * s_lb + rows, mask=row_ok, other=float("-inf")))
     m = tl.where(m == float("-inf"), 0.0, m)
-    den = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    acc = tl.zeros((BLOCK_M, BDV), dtype=tl.float32)
+    den = tl.full((BLOCK_M,), 0.0, dtype=tl.float32)
+    acc = tl.full((BLOCK_M, BDV), 0.0, dtype=tl.float32)
     for s in range(n_splits):
         w = tl.math.exp2(tl.load(Lp + s * s_ls + b * s_lb + rows, mask=row_ok, other=float("-inf")) - m)
         den += w
@@ -216,8 +223,8 @@ def bwd_dkdv_kernel(P, G, GR, QB, QBR, C, Sn, K, V, DO, L, D, DK, DV_out, KVLEN,
                 mask=col_ok[:, None] & (c < R3)[None, :], other=0.0)                   # (BLOCK_N, BR3)
     v = tl.load(V + b * s_vb + cols[:, None] * s_vs + dv[None, :] * s_vc,
                 mask=col_ok[:, None] & (dv < DV)[None, :], other=0.0)                  # (BLOCK_N, BDV)
-    dk = tl.zeros((BLOCK_N, BR3), dtype=tl.float32)
-    dvacc = tl.zeros((BLOCK_N, BDV), dtype=tl.float32)
+    dk = tl.full((BLOCK_N, BR3), 0.0, dtype=tl.float32)
+    dvacc = tl.full((BLOCK_N, BDV), 0.0, dtype=tl.float32)
     n_lo = 0
     if CAUSAL:                                     # queries before this block's first key see none of it
         n_lo = tl.maximum(pid * BLOCK_N - (S - N), 0)
@@ -281,7 +288,7 @@ def bwd_dq_kernel(P, G, GR, QB, QBR, C, Sn, K, V, DO, L, D, DQ, KVLEN,
     hi = S
     if CAUSAL:
         hi = tl.minimum(S, n_max + (S - N) + 1)
-    dq = tl.zeros((BLOCK_M, BR3), dtype=tl.float32)
+    dq = tl.full((BLOCK_M, BR3), 0.0, dtype=tl.float32)
     for start in range(0, hi, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         col_ok = cols < hi
