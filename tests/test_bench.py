@@ -1,8 +1,13 @@
-"""The benchmark script runs and records what it measured (no assertion on time)."""
+"""The benchmark suite runs every section and records what it measured with provenance (no assertion on time);
+the GPU check script is sized and shaped for the lent machine's budget."""
 
 import importlib.util
 import json
+import os
 import pathlib
+import subprocess
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -14,22 +19,55 @@ def load_bench():
     return mod
 
 
-def test_bench_attention_records_rows(tmp_path, capsys):
-    out = tmp_path / "k.json"
-    rec = load_bench().main(["--preset", "tiny", "--min-run-time", "0.01", "--out", str(out)])
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "suite.json"
+    records = load_bench().main(["--quick", "--threads", "1", "--out", str(out)])
+    return out, records
+
+
+def test_suite_records_every_section_with_provenance(quick_run, capsys):
+    out, records = quick_run
     saved = json.loads(out.read_text())
-    assert [r["label"] for r in saved] == ["MHA", "MQA", "Tucker [2,8,8]"]
-    assert [r["forward_s"] for r in saved] == [r["forward_s"] for r in rec["rows"]]
-    assert saved[2]["attention_params"] == 2 * (2 * 8 * 8 + 4 * 2 + 32 * 8 + 32 * 8)
-    assert saved[2]["kv_cache_per_token"] == 16
-    assert all(r["ms"] == 1e3 * r["forward_s"] > 0 and r["decode_step_s"] > 0 for r in saved)
-    for key in ("device", "torch", "commit", "command", "seq_len", "method"):
+    assert saved == json.loads(json.dumps(records))
+    kinds = [r["kind"] for r in saved]
+    for kind in ("forward", "forward_backward", "core", "fused", "decode", "memory"):
+        assert kind in kinds
+    labels = ["MHA", "GQA n_kv=1", "Tucker [2,8,8]"]
+    assert [r["label"] for r in saved if r["kind"] == "forward"] == labels
+    tucker = next(r for r in saved if r["kind"] == "forward" and r["label"] == "Tucker [2,8,8]")
+    assert tucker["attention_params"] == 2 * (2 * 8 * 8 + 4 * 2 + 48 * 8 + 48 * 8)
+    assert tucker["kv_cache_per_token"] == 16 and tucker["ms"] == tucker["time_ms"] > 0
+    for key in ("device", "device_type", "torch", "commit", "command", "threads", "dtype", "time"):
         assert all(r[key] for r in saved)
-    assert "x MHA" in capsys.readouterr().out
+    mha = [r for r in saved if r["label"] == "MHA" and "ratio_to_MHA" in r]
+    assert mha and all(r["ratio_to_MHA"] == 1.0 for r in mha)            # a ratio to itself, round by round
+    assert all(len(r["times_ms"]) == r["rounds"] == 2 for r in saved if "times_ms" in r)
 
 
-def test_bench_records_are_what_the_book_plots(tmp_path):
-    """Chapter 06 plots recorded GPU timings with book.plot_recorded_timings: the formats must agree."""
+def test_decode_records_cache_bytes_equal_to_the_formula(quick_run):
+    _, records = quick_run
+    decode = [r for r in records if r["kind"] == "decode"]
+    assert {(r["batch_size"], r["seq_len"]) for r in decode} == {(1, 16), (1, 32), (2, 16), (2, 32)}
+    for r in decode:
+        assert r["cache_bytes"] == r["cache_bytes_formula"] == r["batch_size"] * r["seq_len"] * 4 * r[
+            "kv_cache_per_token"]
+        assert r["cache_bytes_equal"] is True
+        assert r["tokens_per_s"] == pytest.approx(r["batch_size"] / (r["time_ms"] / 1e3))
+
+
+def test_rows_that_cannot_run_here_say_why(quick_run):
+    _, records = quick_run
+    memory = [r for r in records if r["kind"] == "memory"]
+    assert memory and all(r["skipped"].startswith("skipped: CPU tensors have no allocator") for r in memory)
+    (fused,) = [r for r in records if r["kind"] == "fused"]
+    assert ("skipped" in fused and fused["skipped"].startswith("skipped: ")) or fused["ratio"] > 0
+    (core,) = [r for r in records if r["kind"] == "core"]
+    assert core["ratio"] > 0 and core["floor_ms"] > 0
+
+
+def test_bench_records_are_what_the_book_plots(quick_run):
+    """Chapter 06 plots recorded timings with book.plot_recorded_timings: forward records carry its fields."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -37,8 +75,26 @@ def test_bench_records_are_what_the_book_plots(tmp_path):
 
     from tucker_attention import book
 
-    load_bench().main(["--preset", "tiny", "--min-run-time", "0.01", "--out", str(tmp_path / "k.json")])
-    records = book.load_results("*.json", tmp_path)
+    out, _ = quick_run
+    records = book.load_results("*.json", out.parent)
     fig, ax = plt.subplots()
-    assert book.plot_recorded_timings(ax, records) == 3
+    assert book.plot_recorded_timings(ax, [r for r in records if r["kind"] == "forward"]) == 3
     plt.close(fig)
+
+
+def test_unknown_section_is_an_error(capsys):
+    with pytest.raises(SystemExit):
+        load_bench().main(["--only", "layer,warp"])
+    assert "unknown section(s) ['warp']" in capsys.readouterr().err
+
+
+def test_gpu_check_plans_within_the_budget_and_writes_as_it_goes():
+    script = ROOT / "bench" / "gpu_check.sh"
+    text = script.read_text()
+    assert os.access(script, os.X_OK) and subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    assert 'BUDGET="${GPU_CHECK_BUDGET:-420}"' in text                     # 7 minutes by default
+    caps = [int(line.rsplit(" ", 2)[-2]) for line in text.splitlines()
+            if line.strip().startswith("run_capped \"") and line.rstrip().endswith("\\")]
+    n_tasks = 2                                                             # lm and vit sweeps
+    assert sum(caps[:2]) + n_tasks * caps[-1] + 30 <= 420                   # caps + provenance/tables fit
+    assert 'RESULTS="$OUT"' in text and "-o addopts=" in text and "--cpu-dry-run" in text

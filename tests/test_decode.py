@@ -59,10 +59,11 @@ def loop_reference(q, k, v, scale, causal, mask=None):
 @pytest.mark.parametrize("N", [1, 3, 8, 9])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("with_mask", [False, True])
-def test_folded_heads_equal_the_per_head_reference(backend, N, causal, with_mask, monkeypatch):
+@pytest.mark.parametrize("Hk", [1, 2])
+def test_folded_heads_equal_the_per_head_reference(backend, N, causal, with_mask, Hk, monkeypatch):
     torch.manual_seed(N)
-    q = torch.randn(2, 5, N, 4, dtype=torch.float64)
-    k, v = torch.randn(2, 1, 11, 4, dtype=torch.float64), torch.randn(2, 1, 11, 3, dtype=torch.float64)
+    q = torch.randn(2, 6, N, 4, dtype=torch.float64)
+    k, v = torch.randn(2, Hk, 11, 4, dtype=torch.float64), torch.randn(2, Hk, 11, 3, dtype=torch.float64)
     mask = None
     if with_mask:
         mask = torch.rand(N, 11) > 0.4
@@ -73,7 +74,7 @@ def test_folded_heads_equal_the_per_head_reference(backend, N, causal, with_mask
     out = attend(q, k, v, scale=0.4, causal=causal, backend=backend, mask=mask)
     torch.testing.assert_close(out, loop_reference(q, k, v, 0.4, causal, mask), rtol=1e-12, atol=1e-12)
     folded = N <= backends.FOLD_MAX_QUERIES
-    assert seen == [(2, 1, 5 * N, 4) if folded else (2, 5, N, 4)]
+    assert seen == [(2, Hk, 6 // Hk * N, 4) if folded else (2, 6, N, 4)]
 
 
 def test_fold_heads_layout():
@@ -82,6 +83,9 @@ def test_fold_heads_layout():
     qf, mf = backends.fold_heads(q, mask)
     assert qf.shape == (1, 1, 6, 1) and qf.flatten().tolist() == q.flatten().tolist()   # row h·N + i
     assert mf.tolist() == [[True, False], [True, True]] * 3
+    qg, mg = backends.fold_heads(torch.arange(4 * 2 * 1.0).view(1, 4, 2, 1), mask, 2)  # 2 K/V heads, G = 2
+    assert qg.shape == (1, 2, 4, 1) and qg[0, 1, :, 0].tolist() == [4.0, 5.0, 6.0, 7.0]    # heads 2, 3
+    assert mg.tolist() == [[True, False], [True, True]] * 2
 
 
 def test_mask_argument_is_checked_and_keeps_flash_out():
@@ -294,3 +298,37 @@ def test_rope_table_rows_equal_the_angles():
                                                                       layer.rope_base, layer.max_seq_len)]
     layer.float()
     assert not any(k[0] == "rope" for k in layer._derived)          # dropped by .to()
+
+
+# ------------------------------------------------------------------------------------------------ GPU
+@pytest.mark.gpu
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("name", ["mqa-rope", "tucker-rope", "tucker-shared-rope", "mla-decoupled"])
+def test_gpu_decode_step_does_not_synchronize(name, static):
+    """On CUDA a decoding step never waits for the device (torch.cuda.set_sync_debug_mode raises on a sync)."""
+    layer = build(name).cuda()
+    cache = layer.make_cache(2, 16, static=static)
+    x = torch.randn(2, 12, D, dtype=torch.float64, device="cuda")
+    with torch.no_grad():
+        full = layer(x, causal=True)
+        parts = [layer(x[:, :8], causal=True, cache=cache)]
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            parts += [layer(x[:, t:t + 1], causal=True, cache=cache) for t in range(8, 12)]
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.gpu
+def test_gpu_generate_compiled_with_cuda_graphs_equals_eager():
+    """generate(compile=True) on CUDA: static caches, mode="reduce-overhead" (CUDA graphs), same greedy tokens."""
+    from tucker_attention.models import GPT, AttentionConfig, GPTConfig
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    att = AttentionConfig(method="tucker", ranks=(2, 8, 8), rope=True)
+    model = GPT(config=GPTConfig(vocab_size=50, block_size=24, n_layer=2, d_model=32, n_heads=4,
+                                 attention=att)).cuda().double()
+    prompt = torch.randint(0, 50, (2, 3), device="cuda")
+    assert torch.equal(model.generate(prompt, 16, top_k=1, compile=True), model.generate(prompt, 16, top_k=1))

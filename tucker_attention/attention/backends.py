@@ -13,10 +13,12 @@ sees keys ``j <= i + (S - N)``. (SDPA's ``is_causal`` is top-left aligned when `
 used when ``N == S``.) An explicit boolean ``mask`` (N, S) (True: may attend) is what a static-shape cache
 passes instead: it hides the unwritten slots of the preallocated buffers and the future.
 
-**Folded heads.** With a single key/value head (Tucker, MQA, absorbed MLA) and few queries (decoding), the
-SDPA and math paths fold the heads into the query length, ``q (B, H, N, D) -> (B, 1, H·N, D)``, and run one
-product against the one K/V head instead of H small ones (what FlashMLA does for MLA's latent decode). Row
-``h·N + i`` of the folded query keeps query ``i``'s mask row, so the result is the same function.
+**Folded heads.** With shared key/value heads and few queries (decoding), the SDPA and math paths fold the
+query heads of each key/value head into the query length, ``q (B, H_q, N, D) -> (B, H_kv, G·N, D)`` with
+``G = H_q / H_kv`` — for a single key/value head (Tucker, MQA, absorbed MLA) ``(B, 1, H·N, D)`` — and run one
+product per key/value head instead of G small ones against a repeated K/V (what FlashMLA does for MLA's
+latent decode, and flash-attn for GQA decoding). Row ``g·N + i`` of a folded group keeps query ``i``'s mask
+row, so the result is the same function.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ FLASH_DTYPES = (torch.float16, torch.bfloat16)
 FLASH_DEVICE_TYPES = ("cuda",)
 FLASH_MAX_HEAD_DIM = 256
 FOLD_MAX_QUERIES = 8
-"""Fold the heads of a single-K/V-head call into the query length when it has at most this many queries."""
+"""Fold the query heads sharing a K/V head into the query length when a call has at most this many queries."""
 
 log = logging.getLogger("tucker_attention")
 _logged: set[str] = set()
@@ -139,15 +141,18 @@ def _visible(n_q: int, n_k: int, causal: bool, mask: torch.Tensor | None, device
     return mask
 
 
-def fold_heads(q: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``q`` (B, H, N, D) as one head of ``H·N`` queries (B, 1, H·N, D), with the matching (H·N, S) mask.
+def fold_heads(q: torch.Tensor, mask: torch.Tensor | None, n_kv_heads: int = 1
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``q`` (B, H, N, D) as ``n_kv_heads`` heads of ``G·N`` queries (B, H_kv, G·N, D), ``G = H / H_kv``, with
+    the matching (G·N, S) mask.
 
-    Only for a single key/value head. The folded row ``h·N + i`` is head ``h``'s query ``i``, so it keeps
-    row ``i`` of ``mask`` (N, S) — pass the causal mask already combined in (a single query seeing every key
-    needs none: None).
+    Query head ``h = j·G + g`` belongs to key/value head ``j`` (contiguous groups); its query ``i`` becomes
+    row ``g·N + i`` of folded head ``j``, so it keeps row ``i`` of ``mask`` (N, S) — pass the causal mask
+    already combined in (a single query seeing every key needs none: None).
     """
     B, H, N, D = q.shape
-    return q.reshape(B, 1, H * N, D), None if mask is None else mask.repeat(H, 1)
+    G = H // n_kv_heads
+    return q.reshape(B, n_kv_heads, G * N, D), None if mask is None else mask.repeat(G, 1)
 
 
 def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, causal: bool,
@@ -207,8 +212,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | 
     Returns:
         (B, H_q, N, D_v).
 
-    With one K/V head, several query heads and at most ``FOLD_MAX_QUERIES`` queries, the SDPA and math
-    paths run the heads folded into the query length (``fold_heads``): one product instead of H_q.
+    With fewer K/V heads than query heads and at most ``FOLD_MAX_QUERIES`` queries, the SDPA and math paths
+    run the query heads folded into the query length (``fold_heads``): one product per K/V head.
     """
     _check_shapes(q, k, v)
     if mask is not None:
@@ -217,9 +222,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | 
         scale = 1.0 / math.sqrt(q.shape[-1])
     chosen = resolve_backend(backend, q, k, v, mask)
     B, Hq, N, _ = q.shape
-    if chosen != "flash" and k.shape[1] == 1 and Hq > 1 and N <= FOLD_MAX_QUERIES:
+    if chosen != "flash" and Hq > k.shape[1] and N <= FOLD_MAX_QUERIES:
         visible = _visible(N, k.shape[2], causal, mask, q.device) if N > 1 or mask is not None else None
-        qf, mf = fold_heads(q, visible)
+        qf, mf = fold_heads(q, visible, k.shape[1])
         out = _KERNELS[chosen](qf, k, v, scale=scale, causal=False, dropout_p=dropout_p, mask=mf)
         return out.reshape(B, Hq, N, v.shape[-1])                        # row h·N + i -> (h, i)
     return _KERNELS[chosen](q, k, v, scale=scale, causal=causal, dropout_p=dropout_p, mask=mask)
