@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -402,3 +403,68 @@ def test_compress_peer_model_gpt2_vit_llama():
     assert report[0]["rel_error_W"] < TOL                              # the RoPE-free tensors are kept exactly,
     assert rel(latent(ids, use_cache=False).logits, ref) > 1e-4        # but the rotation moved: not the same model
     assert all(b.self_attn.layer.rope for b in latent.model.layers)
+
+
+# ------------------------------------------------------------------------------ the recorded protocol
+RECORDED = Path(__file__).resolve().parents[1] / "book" / "results" / "compress_vit"
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_recorded_finetuning_run_reproduces(tmp_path):
+    """Re-run the first 30 steps of one recorded fine-tuning run (book/results/compress_vit) from the committed
+    source checkpoint, with the recorded thread count: the conversion errors and the loss curve match."""
+    from tucker_attention.train import TrainConfig, load_data
+    from tucker_attention.train.compress import compress_checkpoint, file_sha256, finetune
+    from tucker_attention.train.sweep import load_records
+
+    records = {r["run"]: r for r in load_records(RECORDED / "records.jsonl")}
+    r = records["vit-ci-tucker-8-16-8-s1"]
+    assert file_sha256(RECORDED / "source.pt") == r["source_sha256"]
+    model, mcfg, report, _ = compress_checkpoint(RECORDED / "source.pt", r["method"],
+                                                 decomposition=r["decomposition"],
+                                                 **{k: tuple(v) for k, v in r["sizes"].items()})
+    assert [x["rel_error_W"] for x in report] == pytest.approx([x["rel_error_W"] for x in r["conversion"]],
+                                                               rel=1e-5)
+    assert model.attention_params() == r["attention_params"]
+    cfg = TrainConfig.from_dict({**r["train_config"], "out_dir": str(tmp_path), "progress": False,
+                                 "resume": False})
+    data = load_data("vit", cfg.data, **cfg.data_kwargs)
+    steps = 30
+
+    def stop(step, record, model):
+        if step == steps:
+            raise _Stop
+
+    torch.set_num_threads(r["threads"])
+    with pytest.raises(_Stop):
+        finetune(model, mcfg, cfg, data=data, on_step=stop)
+    got = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    want = [json.loads(x) for x in (RECORDED / "runs" / r["run"] / "metrics.jsonl").read_text().splitlines()]
+    got = [(x["step"], x["train_loss"]) for x in got if "train_loss" in x]
+    want = [(x["step"], x["train_loss"]) for x in want if "train_loss" in x and x["step"] <= steps]
+    assert [s for s, _ in got] == [s for s, _ in want] and len(got) == steps // r["train_config"]["log_every"]
+    assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-5)
+
+
+def test_transfer_bar_reads_the_rows():
+    from tucker_attention.book.compression import transfer_bar
+
+    def row(label, method, params, acc, std, n=5):
+        return {"label": label, "method": method, "attention_params": params, "val_acc": acc, "val_acc_std": std,
+                "val_loss": 1 - acc, "val_loss_std": std, "n": n}
+
+    rows = [row("MHA", "mha", 1000, 0.99, 0.01), row("GQA", "gqa", 600, 0.95, 0.02), row("MLA", "mla", 500, 0.97, 0.01),
+            row("T big", "tucker", 200, 0.99, 0.01), row("T small", "tucker", 100, 0.955, 0.01)]
+    bar = transfer_bar(rows)                                           # best opponent: MLA 0.97 ± 0.01, 500 params
+    assert bar.best["label"] == "MLA" and [r["label"] for r in bar.candidates] == ["T small"]
+    assert not bar.holds and "NOT MET" in bar.sentence()               # 0.955 < 0.97 - 0.01
+    rows[-1] = row("T small", "tucker", 100, 0.961, 0.01)
+    assert transfer_bar(rows).holds and "MET" in transfer_bar(rows).sentence()
+    assert transfer_bar(rows, metric="val_loss").best["label"] == "MLA"   # lower loss is better
+    rows[-1] = row("T small", "tucker", 100, 0.99, 0.01, n=2)
+    assert not transfer_bar(rows).holds and "NOT DECIDED" in transfer_bar(rows).sentence()
+    with pytest.raises(ValueError, match="no GQA"):
+        transfer_bar([r for r in rows if r["method"] not in ("gqa", "mla")])

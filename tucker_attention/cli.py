@@ -104,9 +104,12 @@ def _attention_config(args: argparse.Namespace):
     missing = [_flag(name) for name in spec.required if getattr(args, name) is None]
     if missing:
         raise ValueError(f"--attention {args.attention} needs {' and '.join(missing)}")
+    if args.kernel != "sdpa" and args.attention != "tucker":
+        raise ValueError(f"--kernel {args.kernel} is for --attention tucker, not --attention {args.attention}: "
+                         "add --attention tucker (or drop --kernel)")
     sizes = {name: getattr(args, name) for name in registry.SIZE_FIELDS}
     return AttentionConfig(method=args.attention, rope=_rope_value(args.attention, args.rope),
-                           backend=args.attn_backend, dropout=args.attn_dropout, **sizes)
+                           backend=args.attn_backend, kernel=args.kernel, dropout=args.attn_dropout, **sizes)
 
 
 # ---------------------------------------------------------------------------------------------- parser
@@ -179,6 +182,9 @@ def build_parser(prog: str = "tucker-attention") -> argparse.ArgumentParser:
                    "'decoupled'")
     g.add_argument("--attn-backend", default="auto", choices=("auto", "flash", "sdpa", "math"),
                    help="attention kernel")
+    g.add_argument("--kernel", default="sdpa", choices=("sdpa", "fused"),
+                   help="Tucker: 'fused' runs the Triton kernel that forms the queries in-kernel (needs triton "
+                   "and CUDA; pip install 'tucker-attention[kernels]')")
     g.add_argument("--attn-dropout", type=float, default=0.0, help="attention-probability dropout")
     m = t.add_argument_group("model (default: the preset's)")
     m.add_argument("--n-layer", type=_positive_int, help="transformer blocks")
@@ -385,8 +391,9 @@ def _add_compress_parsers(sub) -> None:
         "OUT/records.jsonl (recorded runs are skipped unless --rerun); prints the table.",
         formatter_class=_Formatter)
     s.add_argument("task", choices=("lm", "vit"), help="lm: GPT; vit: ViT")
-    s.add_argument("--preset", default="ci", choices=("ci", "gpu"),
-                   help="ci: 2 CPU cores, minutes; gpu: one GPU (vit: CIFAR-10)")
+    s.add_argument("--preset", default="ci", choices=("ci", "ci16", "gpu"),
+                   help="ci: 2 CPU cores, minutes; ci16 (vit): ci with 16 heads of size 4; gpu: one GPU "
+                   "(vit: CIFAR-10)")
     s.add_argument("--source", help="start from this checkpoint instead of pretraining")
     s.add_argument("--seeds", type=_positive_int, help="fine-tuning seeds per method (default: the preset's)")
     s.add_argument("--steps", type=int, help="fine-tuning steps (default: the preset's; 0: converted only)")

@@ -374,6 +374,6 @@ def train_hf_lm(model, tokens, *, steps: int, lr: float, block_size: int, batch_
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     return losses

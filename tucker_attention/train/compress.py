@@ -247,6 +247,18 @@ COMPRESS_PRESETS: dict[tuple[str, str], CompressPreset] = {
                   "weight_decay": 0.1, "grad_clip": 1.0, "eval_every": 250, "log_every": 25, "eval_batches": 0},
         finetune={**_CPU_FINETUNE, "steps": 150},
         variants=_vit_variants(8), seeds=5, threads=1),
+    ("vit", "ci16"): CompressPreset(
+        name="ci16", task="vit", description="the ci protocol with 16 heads of size 4 (d=64): does a model with "
+        "more, smaller heads concentrate its head mode? 6 conversions, 150 fine-tuning steps x 3 seeds",
+        data="digits", data_kwargs={"image_size": 8},
+        model={"n_layer": 4, "d_model": 64, "n_heads": 16, "patch_size": 2, "pool": "mean", "dropout": 0.0},
+        pretrain={"steps": 1500, "batch_size": 32, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 50,
+                  "weight_decay": 0.1, "grad_clip": 1.0, "eval_every": 250, "log_every": 25, "eval_batches": 0},
+        finetune={**_CPU_FINETUNE, "steps": 150},
+        variants=(Variant("mha"), Variant("gqa", {"n_kv_heads": 4}), Variant("tucker", {"ranks": (16, 16, 16)}),
+                  Variant("tucker", {"ranks": (8, 16, 16)}), Variant("tucker", {"ranks": (4, 16, 16)}),
+                  Variant("tucker", {"ranks": (8, 8, 8)})),
+        seeds=3, threads=1),
     ("lm", "ci"): CompressPreset(
         name="ci", task="lm", description="2 CPU cores, one thread: a 2-layer, d=64, 4-head MHA GPT pretrained on "
         "the stdlib byte corpus (context 64), converted, 300 fine-tuning steps x 3 seeds",
