@@ -234,6 +234,22 @@ def test_function_errors(interpret):
         fused_tucker_attention(P, G, K, V, scale=1.0, block_m=24)
 
 
+def test_model_config_and_cli_pass_the_kernel(capsys):
+    from tucker_attention.cli import main
+    from tucker_attention.models import AttentionConfig
+    from tucker_attention.models.config import build_attention
+
+    cfg = AttentionConfig(method="tucker", ranks=(2, 8, 8), kernel="fused")
+    assert build_attention(cfg, 32, 4, max_seq_len=16).kernel == "fused"
+    assert build_attention(AttentionConfig(method="tucker", ranks=(2, 8, 8)), 32, 4, max_seq_len=16).kernel == "sdpa"
+    assert AttentionConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="Tucker attention's fused kernel"):
+        AttentionConfig(method="gqa", n_kv_heads=2, kernel="fused")
+    with pytest.raises(SystemExit) as info:
+        main(["train", "lm", "--steps", "1", "--no-progress", "--attention", "mha", "--kernel", "fused"])
+    assert info.value.code == 2 and "--kernel fused is for --attention tucker" in capsys.readouterr().err
+
+
 def test_package_import_does_not_import_triton():
     code = ("import sys, tucker_attention as ta; ta.TuckerAttention(8, 2, (2, 4, 4)); "
             "f = ta.attention.fused_tucker_attention; assert 'triton' not in sys.modules, 'triton imported'")

@@ -39,6 +39,8 @@ __all__ = ["LAYER_OPTIONS", "METHODS", "SIZE_FIELDS", "MethodSpec", "SizeField",
 
 #: Layer options every constructor takes that do not change the counts.
 LAYER_OPTIONS = ("backend", "dropout", "max_seq_len", "rope_base", "rope_style")
+#: Layer options only some constructors take, passed through when given (Tucker's ``kernel``).
+METHOD_OPTIONS = ("kernel",)
 
 
 @dataclass(frozen=True)
@@ -227,9 +229,10 @@ def build(method: str, d_model: int, n_heads: int, *, device: torch.device | str
     """The layer of ``method`` with ``sizes`` — exactly what ``counting.attention_params`` counts.
 
     ``sizes`` may also carry the layer options that do not change the counts (``LAYER_OPTIONS``: backend,
-    dropout, max_seq_len, rope_base, rope_style). ``device="meta"`` builds it without memory.
+    dropout, max_seq_len, rope_base, rope_style) and, for the methods that take them, ``METHOD_OPTIONS``
+    (Tucker's ``kernel``). ``device="meta"`` builds it without memory.
     """
-    options = {k: sizes.pop(k) for k in LAYER_OPTIONS if k in sizes}
+    options = {k: sizes.pop(k) for k in LAYER_OPTIONS + METHOD_OPTIONS if k in sizes}
     s = spec(method)
     checked = check_sizes(method, d_model, n_heads, sizes)
     with torch.device(device) if device is not None else contextlib.nullcontext():

@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from ..attention import BACKENDS, registry
+from ..attention.tucker import KERNELS as TUCKER_KERNELS
 from ..validation import as_int_tuple, check_bool, check_choice, check_float, check_int
 
 __all__ = ["AttentionConfig", "GPTConfig", "ViTConfig", "build_attention"]
@@ -42,6 +43,8 @@ class AttentionConfig:
         rope: RoPE. For mha/gqa/mqa (head-dim RoPE) and tucker (latent RoPE, paper §6): a bool.
             For mla: None | "latent" | "decoupled".
         backend: attention kernel, "auto" | "flash" | "sdpa" | "math".
+        kernel: Tucker only: "sdpa" (queries formed, then ``backend``'s kernel) | "fused" (the Triton kernel
+            that forms the queries in-kernel; needs triton and CUDA).
         dropout: attention-probability dropout during training.
 
     Size fields that the chosen method does not use must stay at their defaults (a typo'd command line
@@ -59,6 +62,7 @@ class AttentionConfig:
     shared_kv: bool = False
     rope: bool | str | None = False
     backend: str = "auto"
+    kernel: str = "sdpa"
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
@@ -85,6 +89,10 @@ class AttentionConfig:
             self.rope = spec.rope_off
         check_choice(f"attention.rope (for method={self.method!r})", self.rope, spec.rope_values)
         check_choice("attention.backend", self.backend, BACKENDS)
+        check_choice("attention.kernel", self.kernel, TUCKER_KERNELS)
+        if self.kernel != "sdpa" and self.method != "tucker":
+            raise ValueError(f"attention.kernel={self.kernel!r} is Tucker attention's fused kernel; "
+                             f"method={self.method!r} has only kernel='sdpa'")
         self.dropout = check_float("attention.dropout", self.dropout, low=0.0, high=1.0, high_open=True)
 
     @property
@@ -137,8 +145,9 @@ def build_attention(cfg: AttentionConfig, d_model: int, n_heads: int, *, max_seq
     ``backend``, ``dropout`` and ``max_seq_len`` are options of the layer that do not change the counts;
     the constructor validates them.
     """
+    kernel = {"kernel": cfg.kernel} if cfg.kernel != "sdpa" else {}
     return registry.build(cfg.method, d_model, n_heads, device=device, backend=cfg.backend, dropout=cfg.dropout,
-                          max_seq_len=check_int("max_seq_len", max_seq_len), **cfg.sizes())
+                          max_seq_len=check_int("max_seq_len", max_seq_len), **kernel, **cfg.sizes())
 
 
 def _check_attention_fits(attention: AttentionConfig, d_model: int, n_heads: int) -> None:
