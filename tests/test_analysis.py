@@ -109,7 +109,7 @@ def test_energy_ranks():
     assert energy_ranks(torch.tensor([1.0, 1.0, 1.0, 1.0]), 0.5) == 2
     assert energy_ranks((s, torch.tensor([5.0, 0.0])), 0.99) == (3, 1)
     assert energy_ranks(torch.zeros(3)) == 0
-    with pytest.raises(ValueError, match="energy must be a float in \\(0, 1\\]"):
+    with pytest.raises(ValueError, match=r"energy must be in \(0.0, 1.0\], got energy=1.5"):
         energy_ranks(s, 1.5)
     with pytest.raises(ValueError, match="non-empty 1-D tensor"):
         energy_ranks(torch.ones(2, 2))

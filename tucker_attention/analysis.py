@@ -21,9 +21,9 @@ from torch import nn
 
 from . import counting
 from .attention import AttentionLayer
-from .attention._checks import check_int, check_ranks
 from .convert import from_peer, peer_kind
 from .tensors import attention_tensors, multilinear_rank, unfolding_spectra
+from .validation import check_float, check_int, check_ranks
 
 __all__ = ["LayerRanks", "LayerSpectra", "RankBudget", "named_attention_layers", "model_ranks", "model_spectra",
            "energy_ranks", "rank_budget"]
@@ -163,8 +163,7 @@ def energy_ranks(spectra: torch.Tensor | Sequence[torch.Tensor], energy: float =
     Tucker tensor to these ranks leaves a relative error of at most ``sqrt(Σ_modes (1 - kept energy))``
     (the HOSVD bound).
     """
-    if isinstance(energy, bool) or not isinstance(energy, (int, float)) or not 0 < energy <= 1:
-        raise ValueError(f"energy must be a float in (0, 1], got energy={energy!r}")
+    energy = check_float("energy", energy, low=0.0, high=1.0, low_open=True)
     if isinstance(spectra, torch.Tensor):
         return _energy_rank(spectra, float(energy))
     if isinstance(spectra, (str, bytes)) or not isinstance(spectra, Sequence):

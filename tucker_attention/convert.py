@@ -35,9 +35,10 @@ from .attention import (
     MultiHeadLatentAttention,
     TuckerAttention,
 )
-from .attention._checks import check_input, check_int, check_positions, check_ranks
+from .attention._checks import check_input, check_positions
 from .attention.rope import apply_rope, rope_angles
 from .tensors import _check_layer, attention_biases, attention_tensors, mode_product, tucker_decomposition, unfold
+from .validation import check_bool, check_float, check_int, check_ranks
 
 __all__ = ["to_tucker", "compress", "COMPRESS_METHODS", "fold_queries", "folded_scores", "layer_scores",
            "head_rope_scores", "from_peer", "peer_kind", "PEERS"]
@@ -149,10 +150,8 @@ def compress(layer: AttentionLayer, ranks: Sequence[int], post_ranks: Sequence[i
     if method not in COMPRESS_METHODS:
         raise ValueError(f"method must be one of {COMPRESS_METHODS}, got method={method!r}")
     check_int("n_iter_max", n_iter_max)
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or tol < 0:
-        raise ValueError(f"tol must be a float >= 0, got tol={tol!r}")
-    if not isinstance(shared_kv, bool):
-        raise TypeError(f"shared_kv must be a bool, got shared_kv={shared_kv!r}")
+    check_float("tol", tol, low=0.0)
+    check_bool("shared_kv", shared_kv)
     if shared_kv and ranks[2] != post_ranks[2]:
         raise ValueError(f"shared_kv=True needs equal key and value ranks, got ranks[2]={ranks[2]} and "
                          f"post_ranks[2]={post_ranks[2]}")

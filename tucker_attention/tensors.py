@@ -28,6 +28,7 @@ from tensorly.base import unfold as _tl_unfold
 from tensorly.tenalg import mode_dot as _tl_mode_dot
 
 from .attention import AttentionLayer
+from .validation import check_float
 
 __all__ = ["attention_tensors", "attention_biases", "unfold", "mode_product", "multilinear_rank",
            "unfolding_spectra", "eq6_forward", "relative_error"]
@@ -127,8 +128,7 @@ def multilinear_rank(T: torch.Tensor, rtol: float = 1e-10) -> tuple[int, ...]:
 
     The SVD runs in float64; for tensors computed in float32 use ``rtol`` around 1e-5.
     """
-    if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 < rtol < 1:
-        raise ValueError(f"rtol must be a float in (0, 1), got rtol={rtol!r}")
+    rtol = check_float("rtol", rtol, low=0.0, high=1.0, low_open=True, high_open=True)
     ranks = []
     for s in unfolding_spectra(T):
         top = s[0] if s.numel() else s.new_zeros(())
