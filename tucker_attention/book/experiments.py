@@ -295,10 +295,10 @@ def _ordered(rows: Sequence[Mapping]) -> list[Mapping]:
 
 
 def _plain_log_ticks(axis) -> None:
-    """Log-axis ticks at 1, 2, 5 × 10^k written as plain numbers (no overlapping minor labels)."""
+    """Log-axis ticks at 1, 2, 3, 5 × 10^k written as plain numbers (no overlapping minor labels)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
 
