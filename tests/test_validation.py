@@ -94,3 +94,31 @@ def test_cache_errors(layer):
 def test_rope_layer_has_no_tensor_view(layer):
     with pytest.raises(ValueError, match="RoPE"):
         layer.tucker_factors()
+
+
+# ------------------------------------------------------------------------- the shared check helpers
+def test_shared_checks_accept_integer_types_and_name_the_rule():
+    import numpy as np
+
+    from tucker_attention.validation import as_int_tuple, check_choice, check_float, check_int
+
+    assert check_int("n", np.int64(3)) == 3 and type(check_int("n", torch.tensor(3))) is int
+    for bad in (True, np.bool_(True), 3.0, "3"):
+        with pytest.raises(TypeError, match="n must be an int"):
+            check_int("n", bad)
+    with pytest.raises(ValueError, match=r"n must be an int in \[1, d_model=8\], got n=9"):
+        check_int("n", 9, high=8, high_name="d_model")
+    assert check_float("p", np.float32(0.5), low=0.0, high=1.0) == 0.5
+    for bad, exc in ((float("nan"), ValueError), (float("inf"), ValueError), (True, TypeError), ("x", TypeError)):
+        with pytest.raises(exc, match="p must be"):
+            check_float("p", bad, low=0.0)
+    with pytest.raises(ValueError, match=r"p must be in \(0.0, 1.0\], got p=0.0"):
+        check_float("p", 0.0, low=0.0, high=1.0, low_open=True)
+    assert check_choice("rope", True, (False, True)) is True
+    with pytest.raises(ValueError, match=r"rope must be one of \[False, True\], got rope=1"):
+        check_choice("rope", 1, (False, True))                   # 1 is not True
+    with pytest.raises(TypeError, match=r"name must be a str, one of \['a', 'b'\], got name=3"):
+        check_choice("name", 3, ("a", "b"))
+    assert as_int_tuple("r", np.array([1, 2, 3]), 3) == (1, 2, 3)
+    with pytest.raises(ValueError, match=r"r\[1\] must be an int >= 1, got r\[1\]=0"):
+        as_int_tuple("r", [1, 0, 3], 3, low=1)
