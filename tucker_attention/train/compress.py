@@ -40,7 +40,14 @@ from torch import nn
 
 from ..convert import compress_model
 from ..models import GPTConfig, ViTConfig, build_model
-from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, capture_rng_state, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_NAME,
+    capture_rng_state,
+    checkpoint_task,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .config import TrainConfig
 from .distributed import is_main
 from .loop import TrainResult, make_optimizer, train
@@ -66,17 +73,8 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def _task_of(state: dict[str, Any]) -> str:
-    """"lm" or "vit" (checkpoints say ``"task"``; older ones ``"kind": "gpt" | "vit"``)."""
-    task = state.get("task") or {"gpt": "lm", "vit": "vit"}.get(state.get("kind"))
-    if task not in ("lm", "vit"):
-        raise ValueError(f"the checkpoint names no known task (task={state.get('task')!r}, "
-                         f"kind={state.get('kind')!r}); expected 'lm' or 'vit'")
-    return task
-
-
 def _model_config_from(state: dict[str, Any]) -> GPTConfig | ViTConfig:
-    cls = GPTConfig if _task_of(state) == "lm" else ViTConfig
+    cls = GPTConfig if checkpoint_task(state) == "lm" else ViTConfig
     return cls.from_dict(state["model_config"])
 
 
@@ -133,7 +131,7 @@ def compress_checkpoint(path: str | os.PathLike[str], method: str, *, decomposit
         new, report = copy.deepcopy(model), []
     else:
         new, report = compress_model(model, method, decomposition=decomposition, **sizes)
-    source = {"path": str(path), "sha256": file_sha256(path), "task": _task_of(state), "step": state.get("step"),
+    source = {"path": str(path), "sha256": file_sha256(path), "task": checkpoint_task(state), "step": state.get("step"),
               "model_config": state["model_config"], "train_config": state.get("train_config"),
               "metrics": state.get("metrics", {})}
     return new, new.config, report, source
@@ -147,8 +145,7 @@ def _start_state(model: nn.Module, model_config: GPTConfig | ViTConfig, config: 
     optimizer = make_optimizer(work, config, device)
     task = make_task(config, model_config, data, rank=0, world_size=1, device=device)
     torch.manual_seed(derive_seed(config.seed, "train", 0))         # the loop's dropout stream, rank 0
-    old_kind = "gpt" if config.task == "lm" else "vit"                 # for readers of the older key
-    return {"format": CHECKPOINT_FORMAT, "task": config.task, "kind": old_kind, "step": 0,
+    return {"format": CHECKPOINT_FORMAT, "task": config.task, "step": 0,
             "model": {k: v.detach().cpu() for k, v in work.state_dict().items()},
             "optimizer": optimizer.state_dict(), "scaler": None, "model_config": model_config.to_dict(),
             "train_config": config.to_dict(), "world_size": 1, "rng": [capture_rng_state()],
@@ -485,7 +482,7 @@ def compress_and_finetune(path: str | os.PathLike[str], method: str, *, out_dir:
     out = Path(out_dir)
     model, mcfg, report, source = compress_checkpoint(path, method, decomposition=decomposition, **sizes)
     saved = dict(source["train_config"] or {})
-    task = _task_of({"task": source["task"]})
+    task = source["task"]
     tkw = {k: v for k, v in saved.items() if k not in ("task", "seed", "out_dir", "resume", "progress",
                                                         "steps", "min_lr")}
     tkw.update(FINETUNE_DEFAULTS)
@@ -506,7 +503,7 @@ def compress_and_finetune(path: str | os.PathLike[str], method: str, *, out_dir:
     else:
         out.mkdir(parents=True, exist_ok=True)
         save_checkpoint(out / CHECKPOINT_NAME, {
-            "format": CHECKPOINT_FORMAT, "task": task, "kind": "gpt" if task == "lm" else "vit", "step": 0,
+            "format": CHECKPOINT_FORMAT, "task": task, "step": 0,
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "model_config": mcfg.to_dict(), "train_config": cfg.to_dict(), "metrics": converted})
     variant = Variant(method, {k: v for k, v in sizes.items() if v is not None})
