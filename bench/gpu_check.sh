@@ -14,8 +14,9 @@
 #
 # Everything is written as it goes into RESULTS (default: $OUT when the device tool sets it, else
 # book/results/gpu): gpu_check.log (this script's whole output), gpu_check_provenance.json, gpu_pytest.log,
-# bench_cuda_bfloat16.json (rewritten after every benchmark section), gpu_sweep_<task>.jsonl (one record per
-# finished run), gpu_sweep_tables.md — so a step that runs out of time still leaves what it finished.
+# bench/cuda_bfloat16.json (rewritten after every benchmark section; it belongs in book/results/bench/),
+# gpu_sweep_<task>.jsonl (one record per finished run), gpu_sweep_tables.md — so a step that runs out of time
+# still leaves what it finished.
 #
 # Usage (from anywhere):  bench/gpu_check.sh [--cpu-dry-run]
 #   --cpu-dry-run   run every step on the CPU at tiny sizes (the GPU tests are then all skipped): checks the
@@ -132,11 +133,11 @@ run_capped "1. GPU tests: pytest -m gpu $TEST_PATHS" 120 \
 
 if (( DRY )); then
   run_capped "2. benchmark suite (CPU, quick)" 110 \
-    "$PYTHON" bench/bench_attention.py --device cpu --quick --threads 1 --out "$RESULTS/bench_cpu_dry_run.json"
+    "$PYTHON" bench/bench_attention.py --device cpu --quick --threads 1 --out "$RESULTS/bench/cpu_dry_run.json"
 else
   run_capped "2. benchmark suite (cuda, bf16, interleaved)" 110 \
     "$PYTHON" bench/bench_attention.py --device cuda --dtype bfloat16 --rounds 3 --min-run-time 0.1 \
-    --out "$RESULTS/bench_cuda_bfloat16.json"
+    --out "$RESULTS/bench/cuda_bfloat16.json"
 fi
 
 for task in $TASKS; do

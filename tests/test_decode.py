@@ -279,6 +279,14 @@ def test_head_cores_are_kept_in_inference_and_renewed_when_weights_change():
     assert G_all.shape == (r2, H * r3)
 
 
+def test_head_cores_of_inference_tensors_are_formed_each_call():
+    with torch.inference_mode():
+        layer = build("tucker")                                      # parameters are inference tensors
+        x = torch.randn(1, 3, D, dtype=torch.float64)
+        assert layer.head_cores() is not layer.head_cores()
+        torch.testing.assert_close(layer(x), tucker_reference(layer, x), rtol=1e-10, atol=1e-12)
+
+
 def test_gradients_flow_through_the_head_cores():
     layer = build("tucker")
     x = torch.randn(1, 4, D, dtype=torch.float64)

@@ -154,6 +154,8 @@ class TuckerAttention(AttentionLayer):
         weights = (self.U1, self.core, self.post_U1, self.post_core)
         keep = not torch.compiler.is_compiling() and not (torch.is_grad_enabled()
                                                         and any(w.requires_grad for w in weights))
+        if keep and any(w.is_inference() for w in weights):
+            keep = False                                   # inference tensors have no version counter
         if keep:
             stamp = tuple((w._version, w.data_ptr(), w.dtype, w.device) for w in weights)
             hit = self._derived.get("head_cores")
