@@ -55,7 +55,7 @@ def reference(P, G, K, V, *, scale, causal, q_bias=None, rot=None, kv_len=None):
         q = torch.einsum("bhnc,ncd->bhnd", q, rot)
     s = scale * torch.einsum("bhnc,bsc->bhns", q, K)
     if causal:
-        visible = torch.arange(S)[None, :] <= torch.arange(N)[:, None] + (S - N)
+        visible = torch.arange(S, device=s.device)[None, :] <= torch.arange(N, device=s.device)[:, None] + (S - N)
         s = s.masked_fill(~visible, float("-inf"))
     return torch.einsum("bhns,bsv->bhnv", torch.softmax(s, dim=-1), V)
 
@@ -141,6 +141,20 @@ def test_static_fill(interpret, causal):
     out = fused_tucker_attention(*ours, scale=0.4, causal=causal, kv_len=torch.tensor(21), block_n=16)
     out.sum().backward()
     assert ours[2].grad[:, 21:].abs().max() == 0 and ours[3].grad[:, 21:].abs().max() == 0
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_float16(interpret, causal):
+    """Half-precision inputs (float32 accumulation, probabilities rounded to float16 for the value product):
+    within float16's rounding of the float64 result. (bfloat16 runs only on the GPU test: the interpreter's
+    ``tl.dot`` multiplies bfloat16 wrongly.)"""
+    P, G, K, V, b = make(2, 6, 20, 3, 16, 16, 16, bias=True)
+    cos, sin = rope_angles(torch.arange(14, 20), 16)
+    ref = reference(P, G, K, V, scale=0.4, causal=causal, q_bias=b, rot=rotation(torch.arange(14, 20), 16, "half"))
+    out = fused_tucker_attention(*(t.half() for t in (P, G, K, V)), scale=0.4, causal=causal, q_bias=b.half(),
+                                 rope_cos=cos, rope_sin=sin, rope_style="half")
+    assert out.dtype == torch.float16
+    torch.testing.assert_close(out.double(), ref, rtol=1e-2, atol=1e-2)
 
 
 def test_rope_swap_is_the_rotation(interpret):
@@ -263,21 +277,34 @@ def test_cuda_bf16(monkeypatch, causal):
     """Compiled kernels on CUDA in bfloat16 (and float32) vs the float64 reference, and the layer vs its
     default path; N < S with RoPE and decoding with folded heads."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    _check_on("cuda", causal)
+
+
+def _check_on(device: str, causal: bool, low: torch.dtype = torch.bfloat16) -> None:
+    """The GPU test's checks on ``device`` with the low precision ``low`` (also runnable on CPU under the
+    interpreter, slowly, with float16: the interpreter's ``tl.dot`` gives wrong bfloat16 products)."""
     for shape in ((2, 100, 300, 6, 48, 64, 64), (3, 1, 1000, 12, 128, 64, 64)):
-        P, G, K, V, b = (t.cuda() for t in make(*shape, bias=True))
+        inputs = [t.to(device).requires_grad_() for t in make(*shape, bias=True)]
         N, S, r3 = shape[1], shape[2], shape[5]
-        cos, sin = rope_angles(torch.arange(S - N, S, device="cuda"), r3)
-        rot = rotation(torch.arange(S - N, S), r3, "interleaved").cuda()
-        ref = reference(P, G, K, V, scale=0.125, causal=causal, q_bias=b, rot=rot)
-        for dtype, tol in ((torch.bfloat16, 3e-2), (torch.float32, 1e-4)):
-            out = fused_tucker_attention(*(t.to(dtype) for t in (P, G, K, V)), scale=0.125, causal=causal,
-                                         q_bias=b.to(dtype), rope_cos=cos, rope_sin=sin)
+        cos, sin = rope_angles(torch.arange(S - N, S, device=device), r3)
+        rot = rotation(torch.arange(S - N, S), r3, "interleaved").to(device)
+        ref = reference(*inputs[:4], scale=0.125, causal=causal, q_bias=inputs[4], rot=rot)
+        w = torch.randn_like(ref)
+        ref_grads = torch.autograd.grad((ref * w).sum(), inputs)
+        for dtype, tol in ((low, 3e-2), (torch.float32, 1e-4)):
+            ours = [t.detach().to(dtype).requires_grad_() for t in inputs]
+            out = fused_tucker_attention(*ours[:4], scale=0.125, causal=causal, q_bias=ours[4], rope_cos=cos,
+                                         rope_sin=sin)
             torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
-    default = ta.TuckerAttention(256, 8, (4, 64, 32), rope=True).cuda()
-    layer = ta.TuckerAttention(256, 8, (4, 64, 32), rope=True, kernel="fused").cuda()
+            if dtype == torch.float32:
+                grads = torch.autograd.grad((out.double() * w).sum(), ours)
+                for g, r in zip(grads, ref_grads):
+                    torch.testing.assert_close(g.double(), r, rtol=1e-3, atol=1e-3)
+    default = ta.TuckerAttention(256, 8, (4, 64, 32), rope=True).to(device)
+    layer = ta.TuckerAttention(256, 8, (4, 64, 32), rope=True, kernel="fused").to(device)
     layer.load_state_dict(default.state_dict())
-    x = torch.randn(2, 200, 256, device="cuda")
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+    x = torch.randn(2, 200, 256, device=device)
+    with torch.autocast(device, dtype=low):
         ya, yb = default(x, causal=causal), layer(x, causal=causal)
         (yb.float().square().sum()).backward()
     torch.testing.assert_close(yb.float(), ya.float(), rtol=3e-2, atol=3e-2)
