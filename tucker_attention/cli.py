@@ -499,7 +499,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "tucker-attention") -
         print(f"\n{prog}: {e}; {_resume_hint(args, e)}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print(f"\n{prog}: interrupted before training started; nothing was saved", file=sys.stderr)
+        print(f"\n{prog}: interrupted before a checkpoint could be written", file=sys.stderr)
         return 130
     except (_UsageError, CheckpointError, FileNotFoundError, ValueError) as e:
         if os.environ.get("TUCKER_ATTENTION_DEBUG"):

@@ -3,7 +3,8 @@
 Everything that lists methods reads this table: ``counting`` (parameters and KV cache), the models'
 ``AttentionConfig``, the command line's ``--attention`` choices and size flags, the sweeps and the book.
 Adding a method is one :class:`MethodSpec` in ``METHODS`` (plus its tests): its class builds the layer,
-its formulas count it, and ``tests/test_registry.py`` checks formula == module ``numel`` for every spec.
+its formulas count it (the tests check formula == module ``numel`` for every spec), and configs, the
+command line and the book's method lists pick it up.
 
     layer = attention.build("tucker", 768, 12, ranks=(8, 128, 64))
     attention.spec("tucker").params(768, 12, {"ranks": (8, 128, 64)})      # == numel of layer
