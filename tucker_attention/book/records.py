@@ -218,16 +218,18 @@ def budget_rows(configs: Iterable[Config], d_model: int, n_heads: int) -> list[B
 
 def family_configs(*, n_kv_heads: int, kv_latent: int, ranks: Sequence[int],
                    q_latent: int | None = None) -> list[Config]:
-    """One configuration per method family at comparable settings: MHA, GQA, MQA, MLA, Tucker.
+    """One configuration per method of the registry (``attention.METHODS``: MHA, GQA, MQA, MLA, Tucker) at
+    comparable settings, labelled like the models label them (``GQA n_kv=4``, ``MLA d_c=128``, ...).
 
     MLA uses one shared K/V latent of width ``kv_latent`` and ``q_latent`` (default: ``kv_latent``).
     """
-    r = tuple(ranks)
-    return [("MHA", "mha", {}),
-            (f"GQA n_KV={n_kv_heads}", "gqa", {"n_kv_heads": n_kv_heads}),
-            ("MQA", "mqa", {}),
-            (f"MLA d_c={kv_latent}", "mla", {"q_latent": q_latent or kv_latent, "kv_latent": kv_latent}),
-            (f"Tucker [{r[0]},{r[1]},{r[2]}]", "tucker", {"ranks": r})]
+    configs = []
+    for method in RANK_METHODS:
+        sizes = rank_layer_sizes(method, n_kv_heads=n_kv_heads, q_latent=q_latent or kv_latent, kv_latent=kv_latent,
+                                 separate_kv=False, ranks=ranks)
+        sizes = {k: v for k, v in sizes.items() if v is not False}
+        configs.append((registry.spec(method).label(sizes), method, sizes))
+    return configs
 
 
 def gpt2_small_configs() -> list[Config]:
