@@ -125,6 +125,7 @@ def test_many_blocks_odd_ranks(interpret, causal):
 def test_decode_heads_folded_and_split(interpret, causal):
     """N = 1: 20 heads are 20 rows of one program; keys split over 3 programs and merged."""
     compare(make(2, 1, 45, 20, 7, 6, 11, bias=True), causal=causal, style="half", block_n=16, num_splits=3)
+    compare(make(1, 1, 45, 20, 7, 6, 11), causal=causal, style=None, block_m=16, block_n=32)   # 2 row blocks
 
 
 def test_splits_with_empty_chunks(interpret):

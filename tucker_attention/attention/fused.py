@@ -184,6 +184,10 @@ class _Launch:
                 programs, sms = row_blocks * B, _sm_count(P.device.index or 0)
                 if programs < sms and S >= 4 * self.block_n:
                     num_splits = min(-(-2 * sms // programs), -(-S // (2 * self.block_n)))
+                    # every split forms its block's queries again, reading those heads' cores: keep that
+                    # below the key/value traffic it spreads out
+                    cores = min(H, -(-self.block_m // N) + 1) * r2 * r3
+                    num_splits = max(1, min(num_splits, S * (r3 + dv) // cores))
         if not isinstance(num_splits, int) or num_splits < 1:
             raise ValueError(f"num_splits must be a positive int, got num_splits={num_splits!r}")
         chunk = -(-S // num_splits)
