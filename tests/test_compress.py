@@ -461,10 +461,13 @@ def test_transfer_bar_reads_the_rows():
     bar = transfer_bar(rows)                                           # best opponent: MLA 0.97 ± 0.01, 500 params
     assert bar.best["label"] == "MLA" and [r["label"] for r in bar.candidates] == ["T small"]
     assert not bar.holds and "NOT MET" in bar.sentence()               # 0.955 < 0.97 - 0.01
+    assert bar.smallest_match["label"] == "T big" and "T big with 200 parameters (40%)" in bar.sentence()
     rows[-1] = row("T small", "tucker", 100, 0.961, 0.01)
     assert transfer_bar(rows).holds and "MET" in transfer_bar(rows).sentence()
     assert transfer_bar(rows, metric="val_loss").best["label"] == "MLA"   # lower loss is better
     rows[-1] = row("T small", "tucker", 100, 0.99, 0.01, n=2)
     assert not transfer_bar(rows).holds and "NOT DECIDED" in transfer_bar(rows).sentence()
+    rows.append(row("MQA", "mqa", 300, 0.97, 0.01))                    # a tie: the smaller one is the best
+    assert transfer_bar(rows).best["label"] == "MQA"
     with pytest.raises(ValueError, match="no GQA"):
-        transfer_bar([r for r in rows if r["method"] not in ("gqa", "mla")])
+        transfer_bar([r for r in rows if r["method"] not in ("gqa", "mqa", "mla")])

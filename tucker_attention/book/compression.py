@@ -141,8 +141,9 @@ def scan_figure(rows: Sequence[Mapping], *, metric: str = "val_acc", x: str = "a
 @dataclass(frozen=True)
 class TransferBar:
     """The chapter's bar: some Tucker configuration with at most ``fraction`` of the attention parameters of the
-    best GQA/MLA configuration (by mean ``metric`` after fine-tuning) reaches that configuration's mean within
-    its error bar (one sample standard deviation over seeds)."""
+    best GQA/MLA configuration (by mean ``metric`` after fine-tuning; of equal means, the one with fewer
+    parameters) reaches that configuration's mean within its error bar (one sample standard deviation over
+    seeds)."""
 
     holds: bool
     metric: str
@@ -152,6 +153,7 @@ class TransferBar:
     winners: list[Mapping]           # candidates within the best's error bar
     min_seeds: int
     seeds_ok: bool
+    smallest_match: Mapping | None = None   # the Tucker with fewest parameters within the error bar, any size
 
     def sentence(self) -> str:
         b, m = self.best, self.metric
@@ -159,13 +161,20 @@ class TransferBar:
                 f"reaches its {m} within one standard deviation): ")
         best = (f"the best GQA/MLA is {b['label']} with {b['attention_params']:,} parameters and {m} "
                 f"{b[m]:.4f} ± {b[m + '_std']:.4f} (n={b['n']})")
-        if not self.candidates:
-            return head + f"NOT MET: no recorded Tucker has at most {self.fraction:.0%} of them; {best}."
-        shown = self.winners or self.candidates
-        top = max(shown, key=lambda r: _better(m) * r[m])
-        text = (f"{best}; {top['label']} has {top['attention_params']:,} "
-                f"({top['attention_params'] / b['attention_params']:.0%}) and {top[m]:.4f} ± {top[m + '_std']:.4f} "
-                f"(n={top['n']}).")
+        if self.candidates:
+            top = max(self.winners or self.candidates, key=lambda r: _better(m) * r[m])
+            text = (f"{best}; {top['label']} has {top['attention_params']:,} "
+                    f"({top['attention_params'] / b['attention_params']:.0%}) and {top[m]:.4f} ± "
+                    f"{top[m + '_std']:.4f} (n={top['n']}).")
+        else:
+            text = f"no recorded Tucker has at most {self.fraction:.0%} of them; {best}."
+        s = self.smallest_match
+        if s is not None:
+            text += (f" The smallest Tucker within the error bar is {s['label']} with {s['attention_params']:,} "
+                     f"parameters ({s['attention_params'] / b['attention_params']:.0%}), {m} {s[m]:.4f} ± "
+                     f"{s[m + '_std']:.4f}.")
+        else:
+            text += " No recorded Tucker reaches it within the error bar."
         if not self.seeds_ok:
             return head + f"NOT DECIDED (fewer than {self.min_seeds} seeds). " + text
         return head + ("MET: " if self.holds else "NOT MET: ") + text
@@ -178,13 +187,17 @@ def transfer_bar(rows: Sequence[Mapping], *, metric: str = "val_acc", fraction: 
     opponents = [r for r in rows if r["method"] in ("gqa", "mqa", "mla") and r.get(metric) is not None]
     if not opponents:
         raise ValueError("the rows hold no GQA, MQA or MLA configuration")
-    best = max(opponents, key=lambda r: sign * r[metric])
+    best = max(opponents, key=lambda r: (sign * r[metric], -r["attention_params"]))   # ties: the smaller one
     candidates = [r for r in rows if r["method"] == "tucker" and r.get(metric) is not None
                   and r["attention_params"] <= fraction * best["attention_params"]]
     bound = best[metric] - sign * (best.get(metric + "_std") or 0.0)
     winners = [r for r in candidates if sign * (r[metric] - bound) >= 0]
     seeds_ok = all(r["n"] >= min_seeds for r in [best, *candidates])
-    return TransferBar(bool(winners) and seeds_ok, metric, fraction, best, candidates, winners, min_seeds, seeds_ok)
+    matches = [r for r in rows if r["method"] == "tucker" and r.get(metric) is not None
+               and sign * (r[metric] - bound) >= 0]
+    smallest = min(matches, key=lambda r: r["attention_params"]) if matches else None
+    return TransferBar(bool(winners) and seeds_ok, metric, fraction, best, candidates, winners, min_seeds, seeds_ok,
+                       smallest)
 
 
 def lr_study(protocols: Mapping[float, Protocol], *, metric: str = "val_acc") -> dict[str, dict[float, float]]:
