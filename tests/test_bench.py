@@ -98,3 +98,17 @@ def test_gpu_check_plans_within_the_budget_and_writes_as_it_goes():
     n_tasks = 2                                                             # lm and vit sweeps
     assert sum(caps[:2]) + n_tasks * caps[-1] + 30 <= 420                   # caps + provenance/tables fit
     assert 'RESULTS="$OUT"' in text and "-o addopts=" in text and "--cpu-dry-run" in text
+
+
+def test_recorded_cpu_suite_is_complete_and_plottable():
+    """book/results/bench/cpu_float32.json (the recorded CPU run, read by chapter 06) holds every section, its
+    provenance, and cache bytes equal to the formula at every context and batch."""
+    from tucker_attention import book
+
+    folder = ROOT / "book" / "results" / "bench"
+    records = book.load_results("cpu_float32.json", folder)
+    assert {r["kind"] for r in records} == {"forward", "forward_backward", "core", "fused", "decode", "memory"}
+    decode = [r for r in records if r["kind"] == "decode"]
+    assert {(r["batch_size"], r["seq_len"]) for r in decode} == {(b, s) for b in (1, 8) for s in (512, 2048, 8192)}
+    assert all(r["cache_bytes_equal"] and r["cache_bytes"] == r["cache_bytes_formula"] for r in decode)
+    assert all(len(r["commit"]) >= 40 and r["device_type"] == "cpu" and r["threads"] >= 1 for r in records)
