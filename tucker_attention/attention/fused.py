@@ -19,8 +19,9 @@ query never exists in memory. Beyond the paper's official kernel (non-causal, no
   split over several programs and the partial results merged (flash-decoding).
 
 Any r2, r3, r̃3 up to 256 (non powers of two are padded with masks); float16, bfloat16 and float32 (exact
-float32 products, not TF32). Runs on CUDA, or on CPU under Triton's interpreter (``TRITON_INTERPRET=1``:
-slow, for tests). Attention dropout is not implemented.
+float32 products, not TF32). Runs on CUDA, or on CPU under Triton's interpreter (``TRITON_INTERPRET=1``,
+read when a kernel is called: slow, for tests; float32 and float16 there, since the interpreter's ``tl.dot``
+multiplies bfloat16 wrongly). Attention dropout is not implemented.
 """
 
 from __future__ import annotations
