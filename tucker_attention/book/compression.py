@@ -90,7 +90,14 @@ def _axis(ax, rows: Sequence[Mapping], *, y: str, std: str | None, x: str, title
     if len(pf) > 1:
         ax.step([r[x] for r in pf], [r[y] for r in pf], where="post", color="0.35", ls="--", lw=1.2, zorder=0,
                 label="Pareto front")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k" if v >= 1000 else f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    if "loss" in y:
+        ax.set_yscale("log")
     ax.set_xlabel("attention parameters (all layers)" if x == "attention_params"
                   else "KV cache per token, all layers (elements)")
     ax.set_ylabel(ylabel)
