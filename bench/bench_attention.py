@@ -129,10 +129,10 @@ def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
     return torch.cuda.max_memory_allocated(device) - base
 
 
-def fill_cache(cache: ta.attention.KVCache, length: int, generator: torch.Generator) -> None:
+def fill_cache(cache: ta.attention.KVCache, length: int) -> None:
     """Make ``cache`` hold ``length`` tokens of random entries at positions 0..length-1 (no prefill pass)."""
     for buf in cache.buffers.values():
-        buf.copy_(torch.randn(buf.shape, generator=generator, dtype=torch.float32).to(buf.dtype))
+        buf.normal_()                                                    # on the cache's device
     cache.positions.copy_(torch.arange(cache.max_len, device=cache.device))
     cache.length = length
 
@@ -204,7 +204,7 @@ def bench_decode(layers, *, d, batches, contexts, dtype, device, rounds, min_run
                 if layer.max_seq_len < S + 1:
                     layer.max_seq_len = S + 1
                 cache = layer.make_cache(B, S + 1)
-                fill_cache(cache, S, gen)
+                fill_cache(cache, S)
                 caches[name], held[name] = cache, held_bytes(cache)      # bytes the cache holds for S tokens
 
                 def step(layer=layer, cache=cache, S=S, x1=x1):
