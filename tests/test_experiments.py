@@ -174,6 +174,10 @@ def test_figures_draw_the_rows_and_the_front(tmp_path):
                                     {"label": "MHA", "method": "mha", "lr": 1e-3, "val_loss": 2.2},
                                     {"label": "MHA", "method": "mha", "lr": 3e-3, "val_loss": 1.9}])
     assert means == {"MHA": {1e-3: pytest.approx(2.1), 3e-3: 1.9}}
+    recorded = {"note": "n", "entries": [{"label": "T", "method": "tucker", "lr": 1e-3, "val_loss": 2.5}]}
+    assert book.plot_lr_study(ax, recorded) == {"T": {1e-3: 2.5}}
+    with pytest.raises(ValueError, match="'entries'"):
+        book.plot_lr_study(ax, {"note": "n"})
 
 
 # ------------------------------------------------------------------------------ where ranks would sit

@@ -375,9 +375,15 @@ def curve_figure(sweep: Sweep, labels: Sequence[str], *, key: str = "val_loss", 
     return fig
 
 
-def plot_lr_study(ax, entries: Sequence[Mapping]) -> dict[str, dict[float, float]]:
+def plot_lr_study(ax, entries: Sequence[Mapping] | Mapping) -> dict[str, dict[float, float]]:
     """Mean validation loss against learning rate (log x), one line per label, from entries
-    ``{"label", "method", "lr", "val_loss"[, "seed"]}``. Returns ``{label: {lr: mean loss}}``."""
+    ``{"label", "method", "lr", "val_loss"[, "seed"]}`` (a list, or a recorded study ``{"entries": [...]}``).
+    Returns ``{label: {lr: mean loss}}``."""
+    if isinstance(entries, Mapping):
+        if "entries" not in entries:
+            raise ValueError(f"a learning-rate study must be a list of entries or a dict with 'entries', got keys "
+                             f"{sorted(entries)}")
+        entries = entries["entries"]
     groups: dict[str, dict[float, list[float]]] = {}
     method: dict[str, str] = {}
     for e in entries:
