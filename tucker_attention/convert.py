@@ -695,8 +695,8 @@ def compress_model(model: nn.Module, method: str, *, decomposition: str = "hosvd
     new_model = copy.deepcopy(model)
     targets = [(name, m) for name, m in new_model.named_modules() if isinstance(m, AttentionLayer)]
     if not targets:
-        raise ValueError(f"compress_model: {type(model).__name__} holds no tucker_attention layers; convert a "
-                         "peer's attention modules with from_peer first")
+        raise ValueError(f"compress_model: {type(model).__name__} holds no tucker_attention layers; for a 🤗 "
+                         "model (GPT-2, ViT, Llama) use compress_peer_model")
     report = []
     for name, layer in targets:
         new = convert_layer(layer, method, decomposition=decomposition, **sizes)
