@@ -335,9 +335,8 @@ def replay(record: dict[str, Any], *, steps: int, out_dir: str | os.PathLike[str
     from .loop import METRICS_NAME
 
     tkw = dict(record["train_config"])
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= max(1, tkw["warmup_steps"]):
-        raise ValueError(f"steps must be an int in [1, warmup_steps={tkw['warmup_steps']}] (the recorded schedule "
-                         f"is only step-count independent during warmup), got steps={steps!r}")
+    # the recorded schedule is independent of the step count only during warmup (lr_at)
+    check_int("steps", steps, high=max(1, tkw["warmup_steps"]), high_name="the recorded warmup_steps")
     tkw.update(steps=steps, out_dir=str(out_dir), progress=False, checkpoint_every=0)
     tcfg = TrainConfig.from_dict(tkw)
     model_cls = GPTConfig if tcfg.task == "lm" else ViTConfig
