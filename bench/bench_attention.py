@@ -178,7 +178,9 @@ def bench_core(layer: ta.TuckerAttention, x: torch.Tensor, *, rounds, min_run_ti
         P = x @ layer.U2                                                   # (B, N, r2)
         k = (x @ layer.U3).unsqueeze(1)                                    # (B, 1, N, r3)
         v = (x @ layer.post_U3).unsqueeze(1)
-        q = torch.randn(B, H, N, r3, device=x.device, dtype=x.dtype)
+        # the floor's queries in the (B, N, H, r3) memory layout the core's come in (SDPA's CPU kernel copies
+        # other layouts into it): the same call, minus Tucker's own products
+        q = torch.randn(B, N, H, r3, device=x.device, dtype=x.dtype).transpose(1, 2)
         G_all, Gt_all = layer.head_cores()
 
         def core():
