@@ -284,9 +284,14 @@ def _save_screenshots(driver, page: str, kind: str, directory: Path) -> list[Pat
         return [path]
     paths = []
     for k, img in enumerate(driver.find_elements(By.CSS_SELECTOR, ".cell_output img, .widget-subarea img")):
-        driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", img)
+        box = driver.execute_script(
+            "const r = arguments[0].getBoundingClientRect();"
+            "return {x: r.left + window.scrollX, y: r.top + window.scrollY, width: r.width, height: r.height};",
+            img)
+        shot = driver.execute_cdp_cmd("Page.captureScreenshot", {   # the whole figure, even if taller than the window
+            "format": "png", "captureBeyondViewport": True, "clip": {**box, "scale": 1}})
         path = directory / f"{stem}_figure{k + 1}.png"
-        img.screenshot(str(path))
+        path.write_bytes(base64.b64decode(shot["data"]))
         paths.append(path)
     return paths
 
