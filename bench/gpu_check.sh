@@ -56,6 +56,7 @@ else
 fi
 mkdir -p "$RESULTS"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")"      # checkpoints stay here, not in RESULTS
+trap 'rm -rf "$WORK"' EXIT
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 exec > >(tee -a "$RESULTS/gpu_check.log") 2>&1
