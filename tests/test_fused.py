@@ -247,6 +247,9 @@ def test_function_errors(interpret):
         fused_tucker_attention(P, G, K, V, scale=1.0, rope_cos=torch.zeros(3, 3))
     with pytest.raises(ValueError, match="block_m must be a power of two"):
         fused_tucker_attention(P, G, K, V, scale=1.0, block_m=24)
+    wide = torch.zeros(2, 4, 130)
+    with pytest.raises(ValueError, match="ranks <= 128 in torch.float32, got r3=130"):
+        fused_tucker_attention(P, wide, torch.zeros(1, 5, 130), V, scale=1.0)
 
 
 def test_model_config_and_cli_pass_the_kernel(capsys):

@@ -40,7 +40,9 @@ from .rope import ROPE_STYLES
 __all__ = ["fused_tucker_attention", "fused_unavailable", "rope_swap", "triton_available"]
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAX_RANK = 256
+#: Largest r2, r3, r̃3 per dtype: what fits the shared memory of one H100/H200 program (checked by compiling
+#: for sm_90: 16-bit at 256 needs up to 176 KiB, float32 at 128 up to 160 KiB, float32 at 256 over 500 KiB).
+MAX_RANK = {torch.float16: 256, torch.bfloat16: 256, torch.float32: 128}
 
 _modules: dict[bool, ModuleType] = {}
 
@@ -126,15 +128,16 @@ def _check(P, G, K, V, q_bias, rope_cos, rope_sin, rope_style, scale):
         raise ValueError(f"K's width must equal G's key rank r3={r3}, got K.shape={tuple(K.shape)}")
     if K.shape[1] < N:
         raise ValueError(f"keys (S={K.shape[1]}) must be at least as many as queries (N={N})")
-    for name, val in (("r2", r2), ("r3", r3), ("r̃3", V.shape[2])):
-        if val > MAX_RANK:
-            raise ValueError(f"the fused kernel supports ranks <= {MAX_RANK}, got {name}={val}; use kernel='sdpa'")
     if min(B, N, H, r2, r3, V.shape[2]) == 0:
         raise ValueError("empty inputs: every size must be positive, got "
                          f"P{tuple(P.shape)}, G{tuple(G.shape)}, K{tuple(K.shape)}, V{tuple(V.shape)}")
     tensors = {"P": P, "G": G, "K": K, "V": V} | ({} if q_bias is None else {"q_bias": q_bias})
     if P.dtype not in DTYPES:
         raise TypeError(f"P.dtype must be one of {DTYPES}, got {P.dtype}")
+    for name, val in (("r2", r2), ("r3", r3), ("r̃3", V.shape[2])):
+        if val > MAX_RANK[P.dtype]:
+            raise ValueError(f"the fused kernel supports ranks <= {MAX_RANK[P.dtype]} in {P.dtype}, got {name}={val}; "
+                             "use kernel='sdpa' (or a 16-bit dtype, up to 256)")
     for name, t in tensors.items():
         if t.dtype != P.dtype:
             raise TypeError(f"{name}.dtype={t.dtype} differs from P.dtype={P.dtype}; cast them to one dtype")
@@ -170,9 +173,14 @@ class _Launch:
         self.kernels = _kernels(self.interpret)
         self.BR2, self.BR3, self.BDV = _pad(r2), _pad(r3), _pad(dv)
         rows = H * N
-        big = max(self.BR2, self.BR3, self.BDV) > 128
-        self.block_m = block_m or (16 if rows <= 16 else 32 if rows <= 32 or big else 64 if rows <= 64 else 128)
-        self.block_n = block_n or (32 if big else 64)
+        # wide ranks take smaller blocks and fewer pipeline stages (shared memory)
+        fp32 = P.dtype == torch.float32
+        widest = max(self.BR2, self.BR3, self.BDV)
+        self.wide = widest > (64 if fp32 else 128)
+        cap = 128 if not self.wide else 64 if fp32 else 32
+        self.block_m = block_m or min(cap, 16 if rows <= 16 else 32 if rows <= 32 else 64 if rows <= 64 else 128)
+        self.block_n = block_n or (32 if self.wide else 64)
+        self.num_stages = 2 if self.wide else 3
         for name, val in (("block_m", self.block_m), ("block_n", self.block_n)):
             if val < 16 or val & (val - 1):
                 raise ValueError(f"{name} must be a power of two >= 16 (tl.dot's minimum), got {name}={val}")
@@ -222,7 +230,7 @@ def _forward(P, G, GR, qb, qbr, C, Sn, K, V, kv_len, scale, causal, cfg: _Launch
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BR2=cfg.BR2, BR3=cfg.BR3, BDV=cfg.BDV, CAUSAL=causal,
         ROPE=C is not None, HAS_BIAS=qb is not None, HAS_KVLEN=kv_len is not None, DOT_PREC=cfg.dot_prec,
         num_warps=cfg.num_warps,
-        num_stages=2 if max(cfg.BR3, cfg.BDV) > 128 else 3)
+        num_stages=cfg.num_stages)
     if splits > 1:
         k.combine_kernel[(-(-rows // 64), B)](
             Ow, Lw, O, L, splits, rows, dv, B * rows * dv, rows * dv, B * rows, rows, rows * dv,
@@ -263,7 +271,7 @@ class _FusedTuckerAttention(torch.autograd.Function):
         k = cfg.kernels
         dK = torch.empty(B, S, r3, dtype=K.dtype, device=K.device)
         dV = torch.empty(B, S, dv, dtype=V.dtype, device=V.device)
-        bm1, bn1 = min(cfg.block_m, 32), 64 if max(cfg.BR3, cfg.BDV) <= 128 else 32
+        bm1, bn1 = min(cfg.block_m, 32), 32 if cfg.wide else 64
         k.bwd_dkdv_kernel[(-(-S // bn1), B)](P, G, *opt, K, V, dO, L, delta, dK, dV, kvl, *common,
                                             BLOCK_M=bm1, BLOCK_N=bn1, num_warps=4, num_stages=1, **flags)
         dq = torch.empty(B, rows, r3, dtype=torch.float32, device=P.device)
