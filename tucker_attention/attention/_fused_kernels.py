@@ -16,7 +16,8 @@ block (rows of other heads masked to zero), then rotated by latent RoPE:
 
 with ``C``, ``S`` (N, r3) the cos/sin tables expanded to the RoPE style's pairing and ``R`` the fixed
 pair-swap-with-sign matrix (``G R`` precomputed on the host). Scores use ``exp2``: the query is scaled by
-``scale * log2(e)`` and the log-sum-exp ``L`` is kept in base 2.
+``scale * log2(e)`` and the log-sum-exp ``L`` is kept in base 2. The backward kernels read the rotated
+queries that the host forms once (float32, rows folded the same way).
 """
 
 from __future__ import annotations
@@ -202,14 +203,14 @@ def combine_kernel(Op, Lp, O, L, n_splits, total, DV, s_ps, s_pb, s_ls, s_lb, s_
 
 
 @triton.jit
-def bwd_dkdv_kernel(P, G, GR, QB, QBR, C, Sn, K, V, DO, L, D, DK, DV_out, KVLEN,
-                    s_pb, s_pn, s_pk, s_kb, s_ks, s_kc, s_vb, s_vs, s_vc,
-                    H, N, S, R2, R3, DV, qk_scale, scale,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BR2: tl.constexpr, BR3: tl.constexpr,
-                    BDV: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    HAS_KVLEN: tl.constexpr, DOT_PREC: tl.constexpr):
+def bwd_dkdv_kernel(Q, K, V, DO, L, D, DK, DV_out, KVLEN,
+                    s_kb, s_ks, s_kc, s_vb, s_vs, s_vc,
+                    H, N, S, R3, DV, qk_scale, scale,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BR3: tl.constexpr, BDV: tl.constexpr,
+                    CAUSAL: tl.constexpr, HAS_KVLEN: tl.constexpr, DOT_PREC: tl.constexpr):
     """dK, dV of one key block, summed over every head and query (one K/V head): grid (key blocks, B).
-    The queries and probabilities are recomputed (flash-attention 2); D = rowsum(dO * O)."""
+    The probabilities are recomputed (flash-attention 2) from the rotated queries ``Q`` (rows, r3) in
+    float32, which the backward forms once; D = rowsum(dO * O)."""
     pid = tl.program_id(0)
     b = tl.program_id(1)
     total = H * N
@@ -233,8 +234,8 @@ def bwd_dkdv_kernel(P, G, GR, QB, QBR, C, Sn, K, V, DO, L, D, DK, DV_out, KVLEN,
             n = m0 + tl.arange(0, BLOCK_M)
             n_ok = n < N
             rows = h * N + n
-            q = _queries(P, G, GR, QB, QBR, C, Sn, b, rows, n_ok, h, h, N, R2, R3, s_pb, s_pn, s_pk,
-                         BLOCK_M, BR2, BR3, ROPE, HAS_BIAS, DOT_PREC)
+            q = tl.load(Q + b * total * R3 + rows[:, None] * R3 + c[None, :],
+                        mask=n_ok[:, None] & (c < R3)[None, :], other=0.0)             # (BLOCK_M, BR3)
             qs = (q * qk_scale).to(k.dtype)
             s = tl.dot(qs, tl.trans(k), input_precision=DOT_PREC)                      # (BLOCK_M, BLOCK_N)
             lse = tl.load(L + b * total + rows, mask=n_ok, other=0.0)
@@ -258,12 +259,11 @@ def bwd_dkdv_kernel(P, G, GR, QB, QBR, C, Sn, K, V, DO, L, D, DK, DV_out, KVLEN,
 
 
 @triton.jit
-def bwd_dq_kernel(P, G, GR, QB, QBR, C, Sn, K, V, DO, L, D, DQ, KVLEN,
-                  s_pb, s_pn, s_pk, s_kb, s_ks, s_kc, s_vb, s_vs, s_vc,
-                  H, N, S, R2, R3, DV, qk_scale, scale,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BR2: tl.constexpr, BR3: tl.constexpr,
-                  BDV: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr, HAS_BIAS: tl.constexpr,
-                  HAS_KVLEN: tl.constexpr, DOT_PREC: tl.constexpr):
+def bwd_dq_kernel(Q, K, V, DO, L, D, DQ, KVLEN,
+                  s_kb, s_ks, s_kc, s_vb, s_vs, s_vc,
+                  H, N, S, R3, DV, qk_scale, scale,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BR3: tl.constexpr, BDV: tl.constexpr,
+                  CAUSAL: tl.constexpr, HAS_KVLEN: tl.constexpr, DOT_PREC: tl.constexpr):
     """dq (rows, r3) in float32: the gradient with respect to the rotated query, rows folded as in the
     forward. Grid (row blocks, B). The host contracts it to dP, dG (and the bias gradient)."""
     pid = tl.program_id(0)
@@ -274,13 +274,13 @@ def bwd_dq_kernel(P, G, GR, QB, QBR, C, Sn, K, V, DO, L, D, DQ, KVLEN,
     row_ok = rows < total
     last = tl.minimum(start_m + BLOCK_M, total) - 1
     h_lo, h_hi, n_min, n_max = _row_range(start_m, last, N)
-    q = _queries(P, G, GR, QB, QBR, C, Sn, b, rows, row_ok, h_lo, h_hi, N, R2, R3, s_pb, s_pn, s_pk,
-                 BLOCK_M, BR2, BR3, ROPE, HAS_BIAS, DOT_PREC)
+    c = tl.arange(0, BR3)
+    dv = tl.arange(0, BDV)
+    q = tl.load(Q + b * total * R3 + rows[:, None] * R3 + c[None, :],
+                mask=row_ok[:, None] & (c < R3)[None, :], other=0.0)                   # (BLOCK_M, BR3)
     qs = (q * qk_scale).to(K.dtype.element_ty)
     S = _kv_len(KVLEN, S, HAS_KVLEN)
     qpos = rows % N + (S - N)
-    c = tl.arange(0, BR3)
-    dv = tl.arange(0, BDV)
     lse = tl.load(L + b * total + rows, mask=row_ok, other=0.0)
     delta = tl.load(D + b * total + rows, mask=row_ok, other=0.0)
     do = tl.load(DO + b * total * DV + rows[:, None] * DV + dv[None, :],

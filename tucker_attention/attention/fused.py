@@ -11,9 +11,11 @@ query never exists in memory. Beyond the paper's official kernel (non-causal, no
   ``backends.attend``), and the layer's per-head query bias;
 - latent RoPE in-kernel: ``rot(q) = q * cos + (q R) * sin`` where ``R`` is the fixed pair-swap-with-sign
   matrix of the RoPE style, and ``q R = P (G_i R)`` with ``G R`` formed once on the host (n_H r2 r3 numbers);
-- a backward pass (flash-attention-2 recompute): one kernel accumulates dK, dV over all heads and queries
-  (one K/V head, no atomics), one writes ``dq`` (B, n_H, N, r3); the backward *does* materialize ``dq`` and
-  contracts it with torch: ``dP = Σ_i dq_i G_iᵀ``, ``dG_i = Σ_{b} Pᵀ dq_i`` (after undoing the rotation);
+- a backward pass (flash-attention-2 recompute of the probabilities): one kernel accumulates dK, dV over all
+  heads and queries (one K/V head, no atomics), one writes ``dq`` (B, n_H, N, r3). The backward *does*
+  materialize the rotated queries (float32, one product ``P G``: the dK/dV kernel visits every query for
+  each key block, and forming them there would repeat that product S/BLOCK_N times) and ``dq``, which it
+  contracts with torch: ``dP = Σ_i dq_i G_iᵀ``, ``dG_i = Σ_b Pᵀ dq_i`` (after undoing the rotation);
 - decoding: heads are folded into the query rows (row = (head, n)), so for N = 1 one program serves up to
   ``BLOCK_M`` heads and reads each key/value block once for all of them; with few programs the keys are
   split over several programs and the partial results merged (flash-decoding).
@@ -258,25 +260,27 @@ class _FusedTuckerAttention(torch.autograd.Function):
         rows = H * N
         dO = dO.contiguous()
         delta = (dO.float() * O.float()).sum(-1).reshape(B, rows).contiguous()
-        GR = rope_swap(G, style).contiguous() if C is not None else None
-        qbr = rope_swap(q_bias, style).contiguous() if (C is not None and q_bias is not None) else None
-        dummy = G
-        opt = [GR if GR is not None else dummy, q_bias if q_bias is not None else dummy,
-               qbr if qbr is not None else dummy, C if C is not None else dummy, Sn if Sn is not None else dummy]
-        kvl = kv_len if kv_len is not None else dummy
-        common = (P.stride(0), P.stride(1), P.stride(2), K.stride(0), K.stride(1), K.stride(2),
-                  V.stride(0), V.stride(1), V.stride(2), H, N, S, r2, r3, dv, scale * math.log2(math.e), scale)
-        flags = dict(BR2=cfg.BR2, BR3=cfg.BR3, BDV=cfg.BDV, CAUSAL=causal, ROPE=C is not None,
-                     HAS_BIAS=q_bias is not None, HAS_KVLEN=kv_len is not None, DOT_PREC=cfg.dot_prec)
+        # the rotated queries, formed once in float32 (the dK/dV kernel visits every query for each key block:
+        # forming them there would repeat the P·G_i product S/BLOCK_N times)
+        q = torch.einsum("bnk,hkc->bhnc", P.float(), G.float())                   # (B, H, N, r3)
+        if q_bias is not None:
+            q = q + q_bias.float()[:, None]
+        if C is not None:
+            q = q * C + rope_swap(q, style) * Sn
+        q = q.contiguous()
+        kvl = kv_len if kv_len is not None else q
+        common = (K.stride(0), K.stride(1), K.stride(2), V.stride(0), V.stride(1), V.stride(2),
+                  H, N, S, r3, dv, scale * math.log2(math.e), scale)
+        flags = dict(BR3=cfg.BR3, BDV=cfg.BDV, CAUSAL=causal, HAS_KVLEN=kv_len is not None, DOT_PREC=cfg.dot_prec)
         k = cfg.kernels
         dK = torch.empty(B, S, r3, dtype=K.dtype, device=K.device)
         dV = torch.empty(B, S, dv, dtype=V.dtype, device=V.device)
         bm1, bn1 = min(cfg.block_m, 32), 32 if cfg.wide else 64
-        k.bwd_dkdv_kernel[(-(-S // bn1), B)](P, G, *opt, K, V, dO, L, delta, dK, dV, kvl, *common,
+        k.bwd_dkdv_kernel[(-(-S // bn1), B)](q, K, V, dO, L, delta, dK, dV, kvl, *common,
                                             BLOCK_M=bm1, BLOCK_N=bn1, num_warps=4, num_stages=1, **flags)
         dq = torch.empty(B, rows, r3, dtype=torch.float32, device=P.device)
         bm2, bn2 = cfg.block_m, 32
-        k.bwd_dq_kernel[(-(-rows // bm2), B)](P, G, *opt, K, V, dO, L, delta, dq, kvl, *common,
+        k.bwd_dq_kernel[(-(-rows // bm2), B)](q, K, V, dO, L, delta, dq, kvl, *common,
                                              BLOCK_M=bm2, BLOCK_N=bn2, num_warps=cfg.num_warps, num_stages=1,
                                              **flags)
         dq = dq.view(B, H, N, r3)
