@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -55,9 +56,13 @@ def triton_available() -> bool:
 
 
 def _interpreting() -> bool:
+    """Whether Triton's interpreter is on now (``TRITON_INTERPRET``; ``triton.knobs`` where it exists)."""
     import triton
 
-    return bool(triton.knobs.runtime.interpret)
+    knobs = getattr(triton, "knobs", None)              # triton >= 3.4
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
 def fused_unavailable(device: torch.device) -> str | None:
@@ -80,9 +85,21 @@ def _kernels(interpret: bool) -> ModuleType:
         spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_fused_kernels.py"))
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
-        with triton.knobs.runtime.scope():
-            triton.knobs.runtime.interpret = interpret
-            spec.loader.exec_module(module)
+        knobs = getattr(triton, "knobs", None)
+        if knobs is not None:
+            with knobs.runtime.scope():
+                knobs.runtime.interpret = interpret
+                spec.loader.exec_module(module)
+        else:                                            # older triton reads the variable when decorating
+            before = os.environ.get("TRITON_INTERPRET")
+            os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
+            try:
+                spec.loader.exec_module(module)
+            finally:
+                if before is None:
+                    del os.environ["TRITON_INTERPRET"]
+                else:
+                    os.environ["TRITON_INTERPRET"] = before
         _modules[interpret] = module
     return _modules[interpret]
 

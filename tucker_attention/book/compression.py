@@ -96,8 +96,11 @@ def _axis(ax, rows: Sequence[Mapping], *, y: str, std: str | None, x: str, title
     ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k" if v >= 1000 else f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    if "loss" in y:
-        ax.set_yscale("log")
+    values = [r[y] for r in rows if r.get(y) is not None]
+    if "loss" in y and values and min(values) > 0 and max(values) / min(values) > 4:
+        ax.set_yscale("log")                                             # losses spanning decades
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("attention parameters (all layers)" if x == "attention_params"
                   else "KV cache per token, all layers (elements)")
     ax.set_ylabel(ylabel)
