@@ -1,6 +1,6 @@
 """Fused Tucker attention in Triton: the per-head queries are formed inside the kernel (paper §3, §6).
 
-Tucker attention (paper §3, Eq. of "how to compute it") is multi-query attention whose head-``i`` query is
+Tucker attention (paper §3) is multi-query attention whose head-``i`` query is
 ``Q_i = P G_i`` with ``P = X U₂`` (N, r2) shared by all heads and the core ``G_i`` (r2, r3). The default
 path (``kernel="sdpa"``) writes ``Q`` (B, n_H, N, r3) to memory and calls a generic kernel. This one reads
 ``P`` once and forms each query block in registers (``tl.dot``), rotates it by latent RoPE in-kernel (paper
@@ -20,8 +20,8 @@ query never exists in memory. Beyond the paper's official kernel (non-causal, no
   ``BLOCK_M`` heads and reads each key/value block once for all of them; with few programs the keys are
   split over several programs and the partial results merged (flash-decoding).
 
-Any r2, r3, r̃3 up to 256 (non powers of two are padded with masks); float16, bfloat16 and float32 (exact
-float32 products, not TF32). Runs on CUDA, or on CPU under Triton's interpreter (``TRITON_INTERPRET=1``,
+Any r2, r3, r̃3 up to 256 in float16/bfloat16 and 128 in float32 (non powers of two are padded with masks;
+float32 products are exact, not TF32). Runs on CUDA, or on CPU under Triton's interpreter (``TRITON_INTERPRET=1``,
 read when a kernel is called: slow, for tests; float32 and float16 there, since the interpreter's ``tl.dot``
 multiplies bfloat16 wrongly). Attention dropout is not implemented.
 """
