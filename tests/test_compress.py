@@ -343,6 +343,7 @@ def test_cli_compress_and_sweep_compress(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------ 🤗 models
 def _llama():
+    pytest.importorskip("transformers")                            # the optional hf extra
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -370,6 +371,7 @@ def test_from_peer_llama_attention_is_exact():
 
 
 def test_compress_peer_model_gpt2_vit_llama():
+    pytest.importorskip("transformers")
     from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTForImageClassification
 
     from tucker_attention.convert import PeerAttention, compress_peer_model
