@@ -612,7 +612,7 @@ def head_mode_figure(models: Mapping[str, tuple[Sequence[analysis.LayerSpectra],
                     below_any = True
                     ax.plot([k[j] for j in range(len(k)) if below[j]], y[below], "v", ms=7, color=f"C{i % 10}")
             if below_any:
-                ax.text(0.97, 0.05, f"▼ below {floor:g}", transform=ax.transAxes, ha="right", fontsize=9)
+                ax.text(0.97, 0.95, f"▼ below {floor:g}", transform=ax.transAxes, ha="right", va="top", fontsize=9)
             ax.set_yscale("log")
             ax.set_ylim(floor / 2, 1.5)
             ax.grid(True, alpha=0.3)
