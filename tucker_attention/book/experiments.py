@@ -395,6 +395,7 @@ def plot_lr_study(ax, entries: Sequence[Mapping] | Mapping) -> dict[str, dict[fl
     for lab, d in means.items():
         ax.plot(list(d), list(d.values()), "o-", color=METHOD_COLORS.get(method[lab], "C7"), label=lab)
     ax.set_xscale("log")
+    _plain_log_ticks(ax.xaxis)
     ax.set_xlabel("peak learning rate")
     ax.set_ylabel("validation loss (nats/byte)")
     ax.grid(True, which="both", alpha=0.3)
