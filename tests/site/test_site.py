@@ -283,16 +283,18 @@ def _save_screenshots(driver, page: str, kind: str, directory: Path) -> list[Pat
         driver.save_screenshot(str(path))
         return [path]
     paths = []
-    for k, img in enumerate(driver.find_elements(By.CSS_SELECTOR, ".cell_output img, .widget-subarea img")):
-        box = driver.execute_script(
-            "const r = arguments[0].getBoundingClientRect();"
-            "return {x: r.left + window.scrollX, y: r.top + window.scrollY, width: r.width, height: r.height};",
-            img)
-        shot = driver.execute_cdp_cmd("Page.captureScreenshot", {   # the whole figure, even if taller than the window
-            "format": "png", "captureBeyondViewport": True, "clip": {**box, "scale": 1}})
-        path = directory / f"{stem}_figure{k + 1}.png"
-        path.write_bytes(base64.b64decode(shot["data"]))
-        paths.append(path)
+    size = driver.get_window_size()
+    try:
+        for k, img in enumerate(driver.find_elements(By.CSS_SELECTOR, ".cell_output img, .widget-subarea img")):
+            height = driver.execute_script("return arguments[0].getBoundingClientRect().height;", img)
+            # a window taller than the figure, so that the element screenshot holds all of it
+            driver.set_window_size(size["width"], max(size["height"], int(height) + 300))
+            driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", img)
+            path = directory / f"{stem}_figure{k + 1}.png"
+            img.screenshot(str(path))
+            paths.append(path)
+    finally:
+        driver.set_window_size(size["width"], size["height"])
     return paths
 
 
