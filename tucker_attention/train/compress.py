@@ -40,6 +40,7 @@ from torch import nn
 
 from ..convert import compress_model
 from ..models import GPTConfig, ViTConfig, build_model
+from ..validation import check_int
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_NAME,
@@ -51,7 +52,7 @@ from .checkpoint import (
 from .config import TrainConfig
 from .distributed import is_main
 from .loop import TrainResult, make_optimizer, train
-from .sweep import make_record, runs_on_cpu
+from .sweep import make_record, runs_on_cpu, select_variants
 from .tasks import derive_seed, load_data, make_task, model_config_for
 
 __all__ = ["COMPRESS_PRESETS", "CompressPreset", "FINETUNE_DEFAULTS", "SOURCE_NAME", "Variant",
@@ -385,16 +386,8 @@ def run_compress_sweep(task: str, preset: str | CompressPreset, *, out_dir: str 
     if p.task != task:
         raise ValueError(f"compression preset {p.name!r} is for task {p.task!r}, not {task!r}")
     seeds = p.seeds if seeds is None else seeds
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds must be an int >= 1, got seeds={seeds!r}")
-    variants = list(p.variants)
-    if methods is not None:
-        wanted = set(methods)
-        unknown = wanted - {v.method for v in p.variants}
-        if unknown:
-            raise ValueError(f"methods {sorted(unknown)} are not in compression preset {p.name!r} "
-                             f"(it has {sorted({v.method for v in p.variants})})")
-        variants = [v for v in variants if v.method in wanted]
+    seeds = check_int("seeds", seeds)
+    variants = select_variants(p.variants, methods, where=f"compression preset {p.name!r}")
     if p.threads is not None and runs_on_cpu(device or p.finetune.get("device", "auto")):
         torch.set_num_threads(p.threads)
     out = Path(out_dir)

@@ -49,7 +49,7 @@ from .loop import train
 from .tasks import load_data, model_config_for
 
 __all__ = ["PRESETS", "RECORDS_NAME", "Preset", "format_records", "get_preset", "git_commit", "load_records",
-           "make_record", "run_sweep", "runs_on_cpu", "summarize"]
+           "make_record", "replay", "run_sweep", "runs_on_cpu", "select_variants", "summarize"]
 
 RECORDS_NAME = "records.jsonl"
 
@@ -244,6 +244,18 @@ def _accepted(task: str, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if k in params}
 
 
+def select_variants(variants: Sequence[Any], methods: Iterable[str] | None, *, where: str) -> list[Any]:
+    """The ``variants`` (anything with a ``.method``) whose method is in ``methods`` (all if None); a method
+    that no variant has is an error naming ``where`` they were looked for."""
+    variants = list(variants)
+    if methods is None:
+        return variants
+    wanted, have = set(methods), {v.method for v in variants}
+    if wanted - have:
+        raise ValueError(f"methods {sorted(wanted - have)} are not in {where} (it has {sorted(have)})")
+    return [v for v in variants if v.method in wanted]
+
+
 def run_sweep(task: str, preset: str | Preset, *, out_dir: str | os.PathLike[str], seeds: int | None = None,
               steps: int | None = None, data: str | None = None, data_kwargs: dict[str, Any] | None = None,
               device: str | None = None, dtype: str | None = None, methods: Iterable[str] | None = None,
@@ -272,14 +284,7 @@ def run_sweep(task: str, preset: str | Preset, *, out_dir: str | os.PathLike[str
         raise ValueError(f"preset {p.name!r} is for task {p.task!r}, not {task!r}")
     seeds = p.seeds if seeds is None else seeds
     seeds = check_int("seeds", seeds)
-    variants = list(p.variants)
-    if methods is not None:
-        wanted = set(methods)
-        unknown = wanted - {v.method for v in p.variants}
-        if unknown:
-            raise ValueError(f"methods {sorted(unknown)} are not in preset {p.name!r} "
-                             f"(it has {sorted({v.method for v in p.variants})})")
-        variants = [v for v in variants if v.method in wanted]
+    variants = select_variants(p.variants, methods, where=f"preset {p.name!r}")
     if p.threads is not None and runs_on_cpu(device or p.train.get("device", "auto")):
         torch.set_num_threads(p.threads)                     # process-wide, like torch.set_num_threads
     out = Path(out_dir)
