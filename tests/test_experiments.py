@@ -141,6 +141,8 @@ def test_load_sweep_means_stds_and_curves(tmp_path, layout):
     fig = book.curve_figure(sweep, list(losses))
     drawn = {line.get_label(): list(line.get_ydata()) for line in fig.axes[0].get_lines()}
     assert drawn["MHA"] == pytest.approx([6.0, statistics.fmean(losses["MHA"])], rel=1e-14)
+    fig = book.curve_figure(sweep, ["MHA"], from_step=1)
+    assert list(fig.axes[0].get_lines()[0].get_xdata()) == [10]
     assert sweep.model_config == {"n_layer": 2, "d_model": 32, "n_heads": 4, "block_size": 16}
     with pytest.raises(KeyError, match="no configuration labelled 'GQA'"):
         sweep.row("GQA")
@@ -282,8 +284,9 @@ def test_spectra_energy_suggestion_and_head_energy():
     per_layer = [analysis.energy_ranks(s.pre, 0.9) for s in spectra]
     assert pre == tuple(max(r[m] for r in per_layer) for m in range(3))
     assert len(post) == 3 and all(1 <= r for r in post)
-    fig = book.spectra_figure(spectra, spectra, ranks=pre, title="t")
+    fig = book.spectra_figure(spectra, spectra, ranks=pre, title="t", label="random")
     assert len(fig.axes) == 6 and all(ax.get_yscale() == "log" for ax in fig.axes)
+    assert "layer 1 random" in [line.get_label() for line in fig.axes[0].get_lines()]
 
 
 # -------------------------------------------------------------------------- the GPT-2 path (offline)

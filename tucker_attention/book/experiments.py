@@ -354,14 +354,18 @@ def sweep_figure(rows: Sequence[Mapping], *, title: str = "", bytes_per_elem: in
     return fig
 
 
-def curve_figure(sweep: Sweep, labels: Sequence[str], *, key: str = "val_loss", title: str = ""):
-    """Mean ``key`` curves ± std (shaded) over seeds for configurations ``labels``. Returns the ``Figure``."""
+def curve_figure(sweep: Sweep, labels: Sequence[str], *, key: str = "val_loss", title: str = "",
+                 from_step: int = 0):
+    """Mean ``key`` curves ± std (shaded) over seeds for configurations ``labels``, from step ``from_step`` on
+    (e.g. 1: without the initial evaluation, whose loss would squash the rest). Returns the ``Figure``."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4), layout="constrained")
     styles = _styles(sweep.rows)
     for label in labels:
         steps, mean, std = mean_curve(sweep, label, key)
+        kept = [i for i, s in enumerate(steps) if s >= from_step]
+        steps, mean, std = ([seq[i] for i in kept] for seq in (steps, mean, std))
         color, marker = styles[label]
         ax.plot(steps, mean, marker=marker, ms=5, color=color, lw=1.5, label=label)
         ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
@@ -545,11 +549,13 @@ def energy_suggestion(spectra: Sequence[analysis.LayerSpectra], energy: float = 
 
 
 def spectra_figure(trained: Sequence[analysis.LayerSpectra], init: Sequence[analysis.LayerSpectra] | None = None,
-                   *, title: str = "", ranks: Sequence[int] | None = None):
+                   *, title: str = "", ranks: Sequence[int] | None = None, label: str = "trained"):
     """A 2 × 3 grid: rows 𝒲 and 𝒲̃, columns the head, query/output and key/value modes. Each panel shows
     ``σ_k / σ_1`` per layer (one colour each, solid: trained) and, if given, at initialization (thin grey).
-    ``ranks``: Tucker ranks (r1, r2, r3) drawn as vertical lines. Returns the ``Figure``."""
+    ``ranks``: Tucker ranks (r1, r2, r3) drawn as vertical lines. ``label``: what the solid lines are
+    ("layer i trained"). Returns the ``Figure``."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from .figures import MODE_NAMES
 
@@ -567,7 +573,8 @@ def spectra_figure(trained: Sequence[analysis.LayerSpectra], init: Sequence[anal
             for i, s in enumerate(trained):
                 v = getattr(s, attr)[mode]
                 ax.plot(range(1, len(v) + 1), (v / v[0]).numpy(), color=colors[i], lw=1.6,
-                        label=f"layer {i} trained")
+                        label=f"layer {i} {label}")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if ranks is not None:
                 ax.axvline(ranks[mode], color=METHOD_COLORS["tucker"], ls=":", lw=1.4)
             ax.set_yscale("log")
