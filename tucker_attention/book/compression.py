@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..train.compress import protocol_rows
 from ..train.sweep import load_records
-from .experiments import pareto_front
+from .experiments import Sweep, pareto_front
 from .figures import METHOD_COLORS
 
 __all__ = ["Protocol", "TransferBar", "agreement", "head_rank_figure", "hf_images", "hf_vit", "initial_layers",
@@ -27,19 +27,10 @@ _ORDER = ("mha", "gqa", "mqa", "mla", "tucker")
 
 
 @dataclass(frozen=True)
-class Protocol:
+class Protocol(Sweep):
     """A recorded protocol: its records and one row per configuration (``train.compress.protocol_rows``:
-    fine-tuned means ± sample std over seeds, metrics right after conversion, conversion errors)."""
-
-    directory: Path
-    records: list[dict]
-    rows: list[dict]
-
-    def row(self, label: str) -> dict:
-        for r in self.rows:
-            if r["label"] == label:
-                return r
-        raise KeyError(f"no configuration {label!r} in {self.directory}; have {[r['label'] for r in self.rows]}")
+    fine-tuned means ± sample std over seeds, metrics right after conversion, conversion errors); ``row(label)``
+    and ``runs(label)`` as for a :class:`~tucker_attention.book.experiments.Sweep`."""
 
 
 def load_protocol(directory: str | os.PathLike) -> Protocol:
