@@ -421,6 +421,27 @@ def sync_static(app: Sphinx, exception: Exception | None) -> None:
         n += 1
     if n:
         logger.info(f"vendor_assets: updated {n} vendored file(s) in {static}")
+    _place_widget_fonts(vendor_root, Path(app.outdir))
+
+
+def _place_widget_fonts(vendor_root: Path, outdir: Path) -> None:
+    """Also put the widget manager's icon fonts where a page resolves them without widgets-setup.js's mapping.
+
+    widgets-setup.js maps the manager's AMD id to ``_static/`` so its fonts load from there; if the manager
+    starts before that mapping applies (seen intermittently in headless Chromium), it asks for them at
+    ``<page dir>/@jupyter-widgets/<hash>.woff2``. A copy there (the woff2/woff files, ~0.4 MB per folder of
+    pages) makes both paths resolve, offline.
+    """
+    fonts = [f for f in (vendor_root / _HTML_MANAGER_DEST / "dist").glob("*")
+             if f.suffix in (".woff2", ".woff")]          # what Chromium and Firefox ask for
+    page_dirs = {p.parent for p in outdir.rglob("*.html") if "_static" not in p.relative_to(outdir).parts}
+    for page_dir in page_dirs:
+        target = page_dir / "@jupyter-widgets"
+        for font in fonts:
+            dst = target / font.name
+            if not (dst.is_file() and filecmp.cmp(font, dst, shallow=False)):
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(font, dst)
 
 
 def setup(app: Sphinx) -> dict[str, Any]:
