@@ -20,7 +20,8 @@ Records (one JSON list, ``--out``; default ``book/results/bench/<device>_<dtype>
 measurement with ``kind`` ("forward", "forward_backward", "core", "fused", "decode", "memory"), ``label``,
 ``method``, ``sizes``, ``batch_size``, ``seq_len`` (the context for "decode"), ``time_ms`` (median),
 ``ratio_to_MHA``/``ratio_to_GQA`` (and ``ratio_to`` + ``ratio`` for "core"/"fused"), and the provenance
-(``device``, ``device_type``, ``dtype``, ``threads``, ``torch``, ``commit``, ``command``, ``time``). "forward"
+(``device``, ``device_type``, ``dtype``, ``threads``, ``torch``, ``git_commit``, ``git_dirty``, ``seed``,
+``command``, ``time``). "forward"
 records also carry ``ms`` (= ``time_ms``), which ``tucker_attention.book.plot_recorded_timings`` plots.
 
     python bench/bench_attention.py                                  # CPU defaults (about 2-3 minutes)
@@ -33,10 +34,8 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -48,6 +47,7 @@ import torch.utils.benchmark as tbench
 
 import tucker_attention as ta
 from tucker_attention.counting import build_layer, kv_cache_per_token
+from tucker_attention.provenance import device_name, git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("layer", "core", "fused", "decode", "memory")
@@ -74,24 +74,6 @@ QUICK_METHODS = [("MHA", "mha", {}), ("GQA n_kv=1", "gqa", {"n_kv_heads": 1}),
 
 
 # -------------------------------------------------------------------------------------------- helpers
-def git_commit() -> str:
-    """The commit of the measured package's checkout (+dirty if tracked files differ from it)."""
-    where = Path(ta.__file__).resolve().parents[1]
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=where)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=where).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "")
-    except Exception:
-        return "unknown"
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
-
-
 STATISTIC = {"statistic": "median"}
 """How one measurement summarizes its timed blocks: "median", or "min" (the fastest block: on a shared CPU,
 the time least inflated by other processes). Set from ``--statistic``."""
@@ -270,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
     common = dict(benchmark="attention_suite", d_model=d, n_heads=h, dtype=str(dtype).replace("torch.", ""),
                   backend=args.backend, device=device_name(device), device_type=device.type, threads=threads,
-                  torch=torch.__version__, commit=git_commit(), python=platform.python_version(),
+                  torch=torch.__version__, **dict(zip(("git_commit", "git_dirty"), git_commit())), seed=0,
+                  python=platform.python_version(),
                   command=" ".join([Path(sys.executable).name, *sys.argv]) if argv is None else
                   "bench_attention.main(" + " ".join(argv) + ")",
                   time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), rounds=rounds,
@@ -369,7 +352,7 @@ def print_report(records: list[dict], ref_mha: str, ref_gqa: str) -> None:
     r0 = records[0]
     print(f"\n{r0['device']} ({r0['device_type']}), {r0['dtype']}, {r0['threads']} threads, torch {r0['torch']}, "
           f"d={r0['d_model']}, {r0['n_heads']} heads, {r0['rounds']} interleaved rounds, {r0['statistic']} of "
-          f"each measurement's blocks; commit {r0['commit']}")
+          f"each measurement's blocks; commit {r0['git_commit']}")
     for kind in ("forward", "forward_backward", "decode"):
         rows = [r for r in records if r["kind"] == kind]
         if not rows:

@@ -38,8 +38,9 @@ def test_suite_records_every_section_with_provenance(quick_run, capsys):
     tucker = next(r for r in saved if r["kind"] == "forward" and r["label"] == "Tucker [2,8,8]")
     assert tucker["attention_params"] == 2 * (2 * 8 * 8 + 4 * 2 + 48 * 8 + 48 * 8)
     assert tucker["kv_cache_per_token"] == 16 and tucker["ms"] == tucker["time_ms"] > 0
-    for key in ("device", "device_type", "torch", "commit", "command", "threads", "dtype", "time"):
+    for key in ("device", "device_type", "torch", "git_commit", "command", "threads", "dtype", "time"):
         assert all(r[key] for r in saved)
+    assert all(r["seed"] == 0 for r in saved)                             # the suite's torch.manual_seed
     mha = [r for r in saved if r["label"] == "MHA" and "ratio_to_MHA" in r]
     assert mha and all(r["ratio_to_MHA"] == 1.0 for r in mha)            # a ratio to itself, round by round
     assert all(len(r["times_ms"]) == r["rounds"] == 2 for r in saved if "times_ms" in r)
@@ -111,4 +112,4 @@ def test_recorded_cpu_suite_is_complete_and_plottable():
     decode = [r for r in records if r["kind"] == "decode"]
     assert {(r["batch_size"], r["seq_len"]) for r in decode} == {(b, s) for b in (1, 8) for s in (512, 2048, 8192)}
     assert all(r["cache_bytes_equal"] and r["cache_bytes"] == r["cache_bytes_formula"] for r in decode)
-    assert all(len(r["commit"]) >= 40 and r["device_type"] == "cpu" and r["threads"] >= 1 for r in records)
+    assert all(len(r["git_commit"]) >= 40 and r["device_type"] == "cpu" and r["threads"] >= 1 for r in records)

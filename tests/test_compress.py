@@ -264,7 +264,8 @@ def test_finetune_from_the_initial_model_equals_training(tmp_path):
 
     def curve(run):
         lines = [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
-        return [(x["step"], x.get("train_loss"), x.get("val_loss")) for x in lines]
+        assert "git_commit" in lines[0] and lines[0]["seed"] == cfg.seed      # the provenance header
+        return [(x["step"], x.get("train_loss"), x.get("val_loss")) for x in lines[1:]]
 
     assert curve("b") == curve("a") and len(curve("a")) == 5
 

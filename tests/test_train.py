@@ -142,6 +142,23 @@ def test_resume_is_bit_exact_lm(text, tmp_path):
     assert steps == reference                                    # the crashed run's lines after step 4 are gone
 
 
+def test_runs_record_their_provenance(text, tmp_path):
+    """config.json and the first metrics.jsonl line say which code, command, seed and device produced the run;
+    a resumed run keeps that one header."""
+    mcfg = small_lm(text)
+    with pytest.raises(Crash):
+        train(mcfg, small_run(checkpoint_every=4, out_dir=str(tmp_path)), data=text, on_step=crash_at(6))
+    train(mcfg, small_run(checkpoint_every=4, out_dir=str(tmp_path), resume=True), data=text)
+    config = json.loads((tmp_path / "config.json").read_text())
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    headers = [m for m in lines if "git_commit" in m]
+    assert len(headers) == 1 and lines[0] is headers[0] and lines[0]["step"] == 0
+    for meta in (config, lines[0]):
+        assert meta["seed"] == small_run().seed and meta["device"] == "cpu"
+        assert meta["torch_version"] == torch.__version__ and meta["command"] and meta["git_commit"]
+    assert not any(k in lines[0] for k in ("train_loss", "val_loss"))     # readers of curves skip it
+
+
 def test_resume_is_bit_exact_vit_across_epochs(digits, tmp_path):
     """Two batches per epoch: the sampler's (epoch, position) state survives the restart."""
     mcfg = model_config_for("vit", digits, n_layer=1, d_model=16, n_heads=2, patch_size=4, dropout=0.1,

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ..data import ImageData, TextData
 from ..models import GPTConfig, ViTConfig, build_model
+from ..provenance import provenance
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_NAME,
@@ -148,7 +149,10 @@ def _autocast_factory(device: torch.device, dtype: torch.dtype) -> Callable[[], 
 
 
 class _Metrics:
-    """metrics.jsonl writer (rank 0 only); on resume, keeps only the lines up to the resumed step."""
+    """metrics.jsonl writer (rank 0 only); on resume, keeps only the lines up to the resumed step.
+
+    The first line is the run's provenance (``{"step": 0, "git_commit", "command", "seed", "device", ...}``,
+    no metric keys), then one line per log or evaluation step."""
 
     def __init__(self, out_dir: Path | None, *, main: bool, resume_step: int | None) -> None:
         self.path = out_dir / METRICS_NAME if (out_dir is not None and main) else None
@@ -160,6 +164,13 @@ class _Metrics:
                 if line.strip() and json.loads(line).get("step", 0) <= resume_step:
                     kept.append(line)
         self.path.write_text("".join(k + "\n" for k in kept))
+
+    def has_header(self) -> bool:
+        """Whether the file starts with the provenance line (kept on resume)."""
+        if self.path is None or not self.path.is_file():
+            return False
+        first = self.path.read_text().split("\n", 1)[0]
+        return bool(first.strip()) and "git_commit" in json.loads(first)
 
     def write(self, record: dict[str, Any]) -> None:
         if self.path is not None:
@@ -230,9 +241,13 @@ def _train(model_config, cfg: TrainConfig, data, on_step, info: DistInfo) -> Tra
         start_step, last_good, resumed = int(state["step"]), str(ckpt_path), True
     if out_dir is not None and info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        run_provenance = provenance(device=device, seed=cfg.seed)
         (out_dir / "config.json").write_text(json.dumps(
-            {"model": model_config.to_dict(), "train": cfg.to_dict(), "world_size": info.world_size}, indent=2))
+            {"model": model_config.to_dict(), "train": cfg.to_dict(), "world_size": info.world_size,
+             **run_provenance}, indent=2))
     metrics = _Metrics(out_dir, main=info.is_main, resume_step=start_step if resumed else None)
+    if out_dir is not None and info.is_main and not metrics.has_header():
+        metrics.write({"step": 0, **run_provenance})           # the curve says which code produced it
 
     ddp_model = wrap_ddp(model, info, device)
     train_model = torch.compile(ddp_model) if cfg.compile else ddp_model

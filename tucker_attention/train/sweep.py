@@ -27,11 +27,7 @@ import inspect
 import json
 import math
 import os
-import platform
 import re
-import subprocess
-import sys
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +38,7 @@ import torch
 from ..data.images import IMAGE_LOADERS
 from ..data.text import TEXT_LOADERS
 from ..models import AttentionConfig
+from ..provenance import git_commit, provenance
 from ..validation import check_int
 from .config import TrainConfig
 from .distributed import is_main
@@ -177,39 +174,11 @@ def get_preset(task: str, name: str) -> Preset:
 
 
 # ----------------------------------------------------------------------------------------- provenance
-def git_commit(path: str | os.PathLike[str] | None = None) -> tuple[str, bool | None]:
-    """``(git rev-parse HEAD, dirty?)`` of the repository holding ``path`` (default: this package), or
-    ``("unknown", None)`` outside a git checkout. Dirty: modified or untracked (not ignored) files."""
-    cwd = Path(path) if path is not None else Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
-            return "unknown", None
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True,
-                                timeout=10)
-        return head.stdout.strip(), bool(status.stdout.strip()) if status.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return "unknown", None
-
-
-def _device_name(device: str) -> str:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device))
-    try:                                                     # Linux: the CPU model
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
 def make_record(*, preset: str, attention: AttentionConfig, seed: int, result: Any, model: Any,
                 train_config: TrainConfig, model_config: Any, command: Sequence[str] | None = None,
                 run_dir: str | None = None) -> dict[str, Any]:
     """One sweep record (see the module docstring) for a finished ``train`` call."""
-    commit, dirty = git_commit()
-    device = str(next(model.parameters()).device)
+    prov = provenance(device=next(model.parameters()).device, seed=seed, command=command)
     world = torch.distributed.get_world_size() if (torch.distributed.is_available()
                                                    and torch.distributed.is_initialized()) else 1
     return {
@@ -220,13 +189,8 @@ def make_record(*, preset: str, attention: AttentionConfig, seed: int, result: A
         "val_loss": result.final.get("val_loss"), "val_acc": result.final.get("val_acc"),
         "train_loss": result.final.get("train_loss"), "throughput": result.final.get("throughput"),
         "unit": result.final.get("unit"), "wall_time_s": result.final.get("wall_time_s"),
-        "steps": train_config.steps, "data": train_config.data, "device": device,
-        "device_name": _device_name(device), "world_size": world, "torch_version": torch.__version__,
-        "python_version": platform.python_version(), "threads": torch.get_num_threads(),
-        "git_commit": commit, "git_dirty": dirty,
-        "command": list(sys.argv if command is None else command),
+        "steps": train_config.steps, "data": train_config.data, "world_size": world, **prov,
         "model_config": model_config.to_dict(), "train_config": train_config.to_dict(), "run_dir": run_dir,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
