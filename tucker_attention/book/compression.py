@@ -15,15 +15,14 @@ from pathlib import Path
 
 from ..train.compress import protocol_rows
 from ..train.sweep import load_records
-from .experiments import Sweep, pareto_front
+from .experiments import _MARKERS, Sweep, _ordered, pareto_front
+from .experiments import _styles as _family_styles
 from .figures import METHOD_COLORS
 
 __all__ = ["Protocol", "TransferBar", "agreement", "head_rank_figure", "hf_images", "hf_vit", "initial_layers",
            "hf_lm_loss", "load_protocol", "lr_figure", "lr_study", "protocol_figure", "scan_figure", "small_llama",
            "train_hf_lm", "transfer_bar"]
 
-_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
-_ORDER = ("mha", "gqa", "mqa", "mla", "tucker")
 
 
 @dataclass(frozen=True)
@@ -45,14 +44,8 @@ def load_protocol(directory: str | os.PathLike) -> Protocol:
 
 
 def _styles(rows: Sequence[Mapping]) -> dict[str, tuple[str, str]]:
-    seen: dict[str, int] = {}
-    out = {}
-    for r in sorted(rows, key=lambda r: (_ORDER.index(r["method"]) if r["method"] in _ORDER else 9,
-                                         -r["attention_params"])):
-        k = seen.get(r["method"], 0)
-        seen[r["method"]] = k + 1
-        out[r["label"]] = (METHOD_COLORS.get(r["method"], "C7"), _MARKERS[k % len(_MARKERS)])
-    return out
+    """label -> (family colour, marker), markers assigned in family order, larger configurations first."""
+    return _family_styles(_ordered(rows))
 
 
 def _better(metric: str) -> int:
